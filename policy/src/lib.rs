@@ -10,3 +10,16 @@ pub mod glob;
 pub mod names;
 mod serde_tables;
 pub mod catalog;
+pub mod document;
+pub mod enforcer;
+pub mod error;
+pub mod identity;
+pub mod bundle;
+pub mod compile;
+pub mod validate;
+
+pub use bundle::ProfileBundle;
+pub use compile::{compile, compile_with_model};
+pub use document::{parse_documents, PolicyDocument};
+pub use error::{FieldError, FieldErrors};
+pub use identity::{NodeFacts, PolicyIdentity};
