@@ -1,44 +1,57 @@
-//! One deterministic automaton for all the path patterns of a profile.
+//! Deterministic automata for the path patterns of a profile.
 //!
 //! The BPF enforcer matches a path by walking a table: `state = next[state * classes +
 //! class_of[byte]]` for each byte, stopping early in the dead state, then reading the accept
-//! row of the final state. The cost is one table lookup per path byte whatever the number of
-//! rules, which is what lets a profile hold thousands of rules.
+//! row of the state it ends in. The cost is one table lookup per path byte, whatever the number
+//! of rules.
 //!
-//! Layout (all little-endian `u32` in the BPF maps):
-//! * `byte_classes[256]`: the equivalence class of every byte;
-//! * `transitions[state * class_count + class]`: the next state; state 0 is the dead state
-//!   (it loops to itself), state 1 is the start state;
+//! # Layout
+//!
+//! All entries are little-endian `u32` in the BPF maps:
+//! * `byte_classes[256]`: the equivalence class of every byte (bytes that no pattern tells
+//!   apart share a class);
+//! * `transitions[state * class_count + class]`: the next state. State 0 is the dead state (it
+//!   loops to itself and accepts nothing);
 //! * `accept[state]`: 0 when no pattern matches a path that ends in this state, otherwise
-//!   `1 + index` into [`Automaton::match_sets`], the sorted ids of the patterns that match.
+//!   `1 + index` into [`Automaton::match_sets`], the sorted ids of the patterns that match;
+//! * `starts`: the start state of each walk (at most [`MAX_WALKS`]).
 //!
-//! The tables come from `regex-automata`'s dense DFA (anchored, all matches, byte classes).
-//! Its match states lag one byte behind the input, so the accept row of a state is taken from
-//! the state's end-of-input transition, and the walk needs no extra step at the end.
+//! # Why several walks
+//!
+//! A single DFA for a set of globs can need as many states as the *product* of what each
+//! pattern has to remember: patterns anchored at a directory (`/data/app7/**/*.key`) combined
+//! with patterns that may match anywhere (`/**/.ssh/**`, `busybox`) multiply. So the patterns
+//! are split into groups — anchored patterns and floating ones, and further halves when a
+//! group would still be too large — and each group is determinized on its own, into one
+//! shared table. A path is walked once per group and the match sets are united. The number of
+//! walks is bounded by [`MAX_WALKS`] and does not grow with the number of rules.
+//!
+//! # Construction
+//!
+//! Patterns are expanded into linear sequences (alternations and `/**/` become variants) of
+//! two element kinds: one byte from a set, or a loop over a set. The subset construction
+//! treats positions that loop on *every* byte ("sticky": once reached, always present)
+//! separately from the rest, and caches the transitions of the sticky part, so a state's cost
+//! is proportional to the positions that actually move.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
-use regex_automata::{
-    dfa::{dense, Automaton as _, StartKind},
-    nfa::thompson,
-    util::{primitives::StateID, start},
-    Anchored, MatchKind,
-};
-use regex_syntax::hir::{Class, ClassBytes, ClassBytesRange, Hir, Look, Repetition};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::glob::{Node, Pattern};
 
 /// The dead state: once here, no pattern can match.
 pub const DEAD: u32 = 0;
-/// The start state.
-pub const START: u32 = 1;
-
-/// Upper bound on the memory the determinization may use, per automaton.
-const DFA_SIZE_LIMIT: usize = 64 << 20;
+/// The most walks (pattern groups) an automaton may need.
+pub const MAX_WALKS: usize = 8;
+/// The largest table (`transitions` entries) an automaton may have: 16 MiB of `u32`.
+pub const MAX_TABLE_ENTRIES: usize = 4 << 20;
+/// The most linear variants one pattern may expand into (alternations multiply).
+pub const MAX_VARIANTS_PER_PATTERN: usize = 1024;
 
 /// The compiled tables of a set of patterns.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Automaton {
     /// Class of every byte value (256 entries).
@@ -46,8 +59,10 @@ pub struct Automaton {
     pub byte_classes: Vec<u8>,
     /// Number of byte classes (the row width of `transitions`).
     pub class_count: u32,
-    /// Number of states, dead and start states included.
+    /// Number of states, the dead state included.
     pub state_count: u32,
+    /// The start state of each walk.
+    pub starts: Vec<u32>,
     /// `transitions[state * class_count + class]` is the next state.
     #[serde(with = "crate::serde_tables::u32s")]
     pub transitions: Vec<u32>,
@@ -58,225 +73,674 @@ pub struct Automaton {
     pub match_sets: Vec<Vec<u32>>,
 }
 
+impl Default for Automaton {
+    fn default() -> Self {
+        Automaton::empty()
+    }
+}
+
 /// The automaton could not be built.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AutomatonError {
-    /// The patterns are too complex to determinize within the size limit.
-    #[error("the {patterns} patterns need a larger automaton than the {limit_mib} MiB limit allows; simplify patterns with several '**' or '*'")]
+    /// The patterns need larger tables than allowed even when split.
+    #[error("the patterns need an automaton larger than {max_entries} table entries even split into {max_walks} groups; simplify patterns that combine several '**' or '*' (for example {example:?})")]
     TooLarge {
-        /// Number of patterns.
-        patterns: usize,
-        /// The limit in MiB.
-        limit_mib: usize,
+        /// The table limit.
+        max_entries: usize,
+        /// The group limit.
+        max_walks: usize,
+        /// One pattern of the group that did not fit.
+        example: String,
     },
-    /// Any other failure of the regex engine.
-    #[error("cannot build the pattern automaton: {0}")]
-    Build(String),
+    /// A pattern expands into too many alternatives.
+    #[error("pattern {pattern:?} expands into more than {MAX_VARIANTS_PER_PATTERN} alternatives")]
+    TooManyAlternatives {
+        /// The pattern.
+        pattern: String,
+    },
 }
 
 impl Automaton {
-    /// Builds one automaton matching every pattern; pattern ids are indexes into `patterns`.
-    pub fn build(patterns: &[Pattern]) -> Result<Automaton, AutomatonError> {
-        if patterns.is_empty() {
-            return Ok(Automaton::empty());
-        }
-        let hirs: Vec<Hir> = patterns.iter().map(pattern_hir).collect();
-        let nfa = thompson::Compiler::new()
-            .configure(thompson::Config::new().utf8(false).shrink(false))
-            .build_many_from_hir(&hirs)
-            .map_err(|e| AutomatonError::Build(e.to_string()))?;
-        let dfa = dense::Builder::new()
-            .configure(
-                dense::Config::new()
-                    .match_kind(MatchKind::All)
-                    .start_kind(StartKind::Anchored)
-                    .byte_classes(true)
-                    .minimize(false)
-                    .dfa_size_limit(Some(DFA_SIZE_LIMIT))
-                    .determinize_size_limit(Some(DFA_SIZE_LIMIT)),
-            )
-            .build_from_nfa(&nfa)
-            .map_err(|e| {
-                if e.to_string().contains("exceeded") {
-                    AutomatonError::TooLarge { patterns: patterns.len(), limit_mib: DFA_SIZE_LIMIT >> 20 }
-                } else {
-                    AutomatonError::Build(e.to_string())
-                }
-            })?;
-        export(&dfa)
-    }
-
     /// An automaton that matches nothing.
     pub fn empty() -> Automaton {
         Automaton {
             byte_classes: vec![0; 256],
             class_count: 1,
-            state_count: 2,
-            transitions: vec![DEAD, DEAD],
-            accept: vec![0, 0],
+            state_count: 1,
+            starts: Vec::new(),
+            transitions: vec![DEAD],
+            accept: vec![0],
             match_sets: Vec::new(),
         }
     }
 
-    /// Walks the tables over `input` and returns the ids of the patterns that match it, exactly
-    /// as the BPF program does.
-    pub fn run(&self, input: &[u8]) -> &[u32] {
-        let classes = self.class_count as usize;
-        let mut state = START;
-        for &b in input {
-            let class = self.byte_classes[b as usize] as usize;
-            state = self.transitions[state as usize * classes + class];
-            if state == DEAD {
-                return &[];
+    /// Builds the automaton of `patterns`; pattern ids are indexes into `patterns`.
+    pub fn build(patterns: &[Pattern]) -> Result<Automaton, AutomatonError> {
+        if patterns.is_empty() {
+            return Ok(Automaton::empty());
+        }
+        let mut variants: Vec<(u32, Vec<Elem>)> = Vec::new();
+        for (id, p) in patterns.iter().enumerate() {
+            let expanded = expand(p)?;
+            variants.extend(expanded.into_iter().map(|v| (id as u32, v)));
+        }
+        let classes = ByteClasses::new(&variants);
+        let nfa = Nfa::new(&variants, &classes);
+
+        // Anchored patterns first, floating ones second; a group that does not fit is halved.
+        let (anchored, floating): (Vec<u32>, Vec<u32>) =
+            (0..patterns.len() as u32).partition(|&id| !is_floating(&patterns[id as usize]));
+        let mut pending: VecDeque<Vec<u32>> =
+            [anchored, floating].into_iter().filter(|g| !g.is_empty()).collect();
+        let mut groups: Vec<GroupDfa> = Vec::new();
+        let budget = MAX_TABLE_ENTRIES / classes.count;
+        while let Some(group) = pending.pop_front() {
+            let remaining_walks = MAX_WALKS - groups.len() - pending.len();
+            match nfa.determinize(&group, budget) {
+                Some(dfa) => groups.push(dfa),
+                None if group.len() > 1 && remaining_walks > 1 => {
+                    let half = group.len() / 2;
+                    pending.push_front(group[half..].to_vec());
+                    pending.push_front(group[..half].to_vec());
+                }
+                None => {
+                    return Err(AutomatonError::TooLarge {
+                        max_entries: MAX_TABLE_ENTRIES,
+                        max_walks: MAX_WALKS,
+                        example: patterns[group[0] as usize].as_str().to_string(),
+                    })
+                }
             }
         }
-        match self.accept[state as usize] {
-            0 => &[],
-            row => &self.match_sets[row as usize - 1],
+        let total: usize = groups.iter().map(|g| g.accept.len()).sum::<usize>() + 1;
+        if total * classes.count > MAX_TABLE_ENTRIES {
+            return Err(AutomatonError::TooLarge {
+                max_entries: MAX_TABLE_ENTRIES,
+                max_walks: MAX_WALKS,
+                example: patterns[0].as_str().to_string(),
+            });
         }
+        Ok(merge(groups, &classes))
     }
 
-    /// Bytes of the tables as the BPF enforcer stores them (u32 entries).
+    /// Walks the tables over `input`, exactly as the BPF program does, and returns the sorted
+    /// ids of the patterns that match it.
+    pub fn run(&self, input: &[u8]) -> Vec<u32> {
+        let width = self.class_count as usize;
+        let mut out: Vec<u32> = Vec::new();
+        for &start in &self.starts {
+            let mut state = start;
+            for &b in input {
+                state = self.transitions[state as usize * width + self.byte_classes[b as usize] as usize];
+                if state == DEAD {
+                    break;
+                }
+            }
+            if let Some(row) = self.accept[state as usize].checked_sub(1) {
+                out.extend_from_slice(&self.match_sets[row as usize]);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Bytes of the tables as the BPF enforcer stores them (`u32` entries).
     pub fn table_bytes(&self) -> usize {
-        256 + 4 * (self.transitions.len() + self.accept.len())
+        256 + 4 * (self.transitions.len() + self.accept.len() + self.starts.len())
     }
 }
 
-fn export(dfa: &dense::DFA<Vec<u32>>) -> Result<Automaton, AutomatonError> {
-    let classes = dfa.byte_classes();
-    let class_count = classes.alphabet_len() - 1; // the last class is end-of-input
-    let mut byte_classes = vec![0u8; 256];
-    let mut representative: Vec<Option<u8>> = vec![None; class_count];
-    for b in 0..=255u8 {
-        let c = classes.get(b);
-        byte_classes[b as usize] = c;
-        representative[c as usize].get_or_insert(b);
-    }
-    let start = dfa
-        .start_state(&start::Config::new().anchored(Anchored::Yes))
-        .map_err(|e| AutomatonError::Build(e.to_string()))?;
+/// A set of bytes.
+type ByteSet = [u64; 4];
 
-    // Breadth-first renumbering: 0 is dead, 1 is start.
-    let mut ids: HashMap<StateID, u32> = HashMap::new();
-    let mut order: Vec<StateID> = Vec::new();
-    let mut queue = VecDeque::new();
-    let dead_id = StateID::must(0);
-    ids.insert(dead_id, DEAD);
-    order.push(dead_id);
-    if dfa.is_dead_state(start) {
-        return Ok(Automaton::empty());
+const ALL_BYTES: ByteSet = [u64::MAX; 4];
+
+fn byte_set(ranges: impl IntoIterator<Item = (u8, u8)>) -> ByteSet {
+    let mut s = [0u64; 4];
+    for (lo, hi) in ranges {
+        for b in lo..=hi {
+            s[(b >> 6) as usize] |= 1 << (b & 63);
+        }
     }
-    ids.insert(start, START);
-    order.push(start);
-    queue.push_back(start);
-    let mut transitions: Vec<u32> = vec![DEAD; 2 * class_count];
-    while let Some(sid) = queue.pop_front() {
-        let from = ids[&sid] as usize;
-        for (class, rep) in representative.iter().enumerate() {
-            let Some(rep) = rep else { continue };
-            let next = dfa.next_state(sid, *rep);
-            let to = if dfa.is_dead_state(next) {
-                DEAD
-            } else if let Some(&id) = ids.get(&next) {
-                id
-            } else {
-                let id = order.len() as u32;
-                ids.insert(next, id);
-                order.push(next);
-                queue.push_back(next);
-                transitions.extend(std::iter::repeat_n(DEAD, class_count));
-                id
-            };
-            transitions[from * class_count + class] = to;
+    s
+}
+
+fn contains(s: &ByteSet, b: u8) -> bool {
+    s[(b >> 6) as usize] & (1 << (b & 63)) != 0
+}
+
+fn not_slash() -> ByteSet {
+    byte_set([(0, b'/' - 1), (b'/' + 1, 255)])
+}
+
+fn subset(a: &ByteSet, b: &ByteSet) -> bool {
+    a.iter().zip(b).all(|(x, y)| x & !y == 0)
+}
+
+/// An element of a linear pattern variant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Elem {
+    /// Exactly one byte of the set.
+    One(ByteSet),
+    /// Zero or more bytes of the set.
+    Loop(ByteSet),
+}
+
+/// Whether a pattern can match starting anywhere in the path (a name pattern, or one whose
+/// first component holds a glob): such patterns are tracked in every state of their group.
+fn is_floating(p: &Pattern) -> bool {
+    if p.is_name_pattern() {
+        return true;
+    }
+    let nodes = p.nodes();
+    !matches!((nodes.first(), nodes.get(1)), (Some(Node::Byte(b'/')), Some(Node::Byte(c))) if *c != b'/')
+}
+
+fn expand(p: &Pattern) -> Result<Vec<Vec<Elem>>, AutomatonError> {
+    let mut prefixes = vec![Vec::new()];
+    if p.is_name_pattern() {
+        // The last component of any path: nothing before it, or anything ending in '/'.
+        prefixes.push(vec![Elem::Loop(ALL_BYTES), Elem::One(byte_set([(b'/', b'/')]))]);
+    }
+    let mut out = Vec::new();
+    for prefix in prefixes {
+        for v in expand_nodes(p.nodes(), vec![prefix], p)? {
+            out.push(merge_loops(v));
+        }
+    }
+    Ok(out)
+}
+
+fn expand_nodes(nodes: &[Node], mut acc: Vec<Vec<Elem>>, p: &Pattern) -> Result<Vec<Vec<Elem>>, AutomatonError> {
+    let slash = || Elem::One(byte_set([(b'/', b'/')]));
+    for node in nodes {
+        match node {
+            Node::Byte(b) => acc.iter_mut().for_each(|v| v.push(Elem::One(byte_set([(*b, *b)])))),
+            Node::Any => acc.iter_mut().for_each(|v| v.push(Elem::One(not_slash()))),
+            Node::Star => acc.iter_mut().for_each(|v| v.push(Elem::Loop(not_slash()))),
+            Node::DoubleStar => acc.iter_mut().for_each(|v| v.push(Elem::Loop(ALL_BYTES))),
+            Node::Class { negated, ranges } => {
+                let mut set = byte_set(ranges.iter().copied());
+                if *negated {
+                    let ns = not_slash();
+                    for (w, m) in set.iter_mut().zip(ns) {
+                        *w = !*w & m;
+                    }
+                }
+                acc.iter_mut().for_each(|v| v.push(Elem::One(set)));
+            }
+            Node::DeepDir => {
+                // '/' alone, or '/' anything '/'.
+                let mut next = Vec::with_capacity(acc.len() * 2);
+                for v in acc {
+                    let mut short = v.clone();
+                    short.push(slash());
+                    let mut long = v;
+                    long.extend([slash(), Elem::Loop(ALL_BYTES), slash()]);
+                    next.push(short);
+                    next.push(long);
+                }
+                acc = next;
+            }
+            Node::Alt(alts) => {
+                let mut next = Vec::new();
+                for alt in alts {
+                    next.extend(expand_nodes(alt, acc.clone(), p)?);
+                }
+                acc = next;
+            }
+        }
+        if acc.len() > MAX_VARIANTS_PER_PATTERN {
+            return Err(AutomatonError::TooManyAlternatives { pattern: p.as_str().to_string() });
+        }
+    }
+    Ok(acc)
+}
+
+/// `A*B*` with one set inside the other is the larger loop alone.
+fn merge_loops(v: Vec<Elem>) -> Vec<Elem> {
+    let mut out: Vec<Elem> = Vec::with_capacity(v.len());
+    for e in v {
+        if let (Some(Elem::Loop(prev)), Elem::Loop(cur)) = (out.last_mut(), &e) {
+            if subset(prev, cur) {
+                *prev = *cur;
+                continue;
+            }
+            if subset(cur, prev) {
+                continue;
+            }
+        }
+        out.push(e);
+    }
+    out
+}
+
+/// The partition of bytes into classes no pattern distinguishes.
+struct ByteClasses {
+    of: [u8; 256],
+    count: usize,
+}
+
+impl ByteClasses {
+    fn new(variants: &[(u32, Vec<Elem>)]) -> ByteClasses {
+        let mut sets: Vec<ByteSet> = Vec::new();
+        for (_, v) in variants {
+            for e in v {
+                let (Elem::One(s) | Elem::Loop(s)) = e;
+                if *s != ALL_BYTES && !sets.contains(s) {
+                    sets.push(*s);
+                }
+            }
+        }
+        // Refine: bytes with the same membership in every set share a class.
+        let mut signature: Vec<Vec<bool>> = vec![Vec::with_capacity(sets.len()); 256];
+        for s in &sets {
+            for (b, sig) in signature.iter_mut().enumerate() {
+                sig.push(contains(s, b as u8));
+            }
+        }
+        let mut ids: BTreeMap<&Vec<bool>, u8> = BTreeMap::new();
+        let mut of = [0u8; 256];
+        let mut next = 0usize;
+        for b in 0..256 {
+            let id = *ids.entry(&signature[b]).or_insert_with(|| {
+                next += 1;
+                (next - 1) as u8
+            });
+            of[b] = id;
+        }
+        // Number classes by their smallest byte, so the numbering reads naturally.
+        let mut renumber = [u8::MAX; 256];
+        let mut count = 0usize;
+        for b in 0..256 {
+            let c = of[b] as usize;
+            if renumber[c] == u8::MAX {
+                renumber[c] = count as u8;
+                count += 1;
+            }
+            of[b] = renumber[c];
+        }
+        ByteClasses { of, count }
+    }
+
+    /// The classes a byte set covers, as a bit set over classes.
+    fn classes_of(&self, s: &ByteSet) -> ByteSet {
+        let mut out = [0u64; 4];
+        if s.iter().map(|w| w.count_ones()).sum::<u32>() == 1 {
+            let b = s.iter().enumerate().find(|(_, w)| **w != 0).map_or(0, |(i, w)| i * 64 + w.trailing_zeros() as usize);
+            let c = self.of[b];
+            out[(c >> 6) as usize] |= 1 << (c & 63);
+            return out;
+        }
+        for b in 0..=255u8 {
+            if contains(s, b) {
+                let c = self.of[b as usize];
+                out[(c >> 6) as usize] |= 1 << (c & 63);
+            }
+        }
+        out
+    }
+}
+
+const ONE: u8 = 0;
+const LOOP: u8 = 1;
+const END: u8 = 2;
+
+/// The positions of every variant: position `i` of a variant waits for element `i`; the
+/// position after the last element accepts the variant's pattern.
+struct Nfa {
+    kind: Vec<u8>,
+    classes: Vec<ByteSet>,
+    pattern: Vec<u32>,
+    sticky: Vec<bool>,
+    /// First position of each variant.
+    starts_of_pattern: FxHashMap<u32, Vec<u32>>,
+    class_count: usize,
+}
+
+/// The DFA of one group, with group-local state numbers (0 is dead).
+struct GroupDfa {
+    transitions: Vec<u32>,
+    accept: Vec<Vec<u32>>,
+    start: u32,
+}
+
+impl Nfa {
+    fn new(variants: &[(u32, Vec<Elem>)], bc: &ByteClasses) -> Nfa {
+        let mut nfa = Nfa {
+            kind: Vec::new(),
+            classes: Vec::new(),
+            pattern: Vec::new(),
+            sticky: Vec::new(),
+            starts_of_pattern: FxHashMap::default(),
+            class_count: bc.count,
+        };
+        let all_classes = bc.classes_of(&ALL_BYTES);
+        for (id, v) in variants {
+            nfa.starts_of_pattern.entry(*id).or_default().push(nfa.kind.len() as u32);
+            for e in v {
+                let (kind, set) = match e {
+                    Elem::One(s) => (ONE, s),
+                    Elem::Loop(s) => (LOOP, s),
+                };
+                let cls = bc.classes_of(set);
+                nfa.kind.push(kind);
+                nfa.sticky.push(kind == LOOP && cls == all_classes);
+                nfa.classes.push(cls);
+                nfa.pattern.push(*id);
+            }
+            nfa.kind.push(END);
+            nfa.sticky.push(false);
+            nfa.classes.push([0; 4]);
+            nfa.pattern.push(*id);
+        }
+        nfa
+    }
+
+    /// Adds `pos` and every position reachable from it by skipping loops.
+    fn close(&self, mut pos: u32, out: &mut Vec<u32>) {
+        loop {
+            out.push(pos);
+            if self.kind[pos as usize] != LOOP {
+                return;
+            }
+            pos += 1;
         }
     }
 
-    let mut rows: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
-    let mut match_sets: Vec<Vec<u32>> = Vec::new();
-    let mut accept = vec![0u32; order.len()];
-    for (i, &sid) in order.iter().enumerate().skip(1) {
-        let eoi = dfa.next_eoi_state(sid);
-        if !dfa.is_match_state(eoi) {
-            continue;
+    fn determinize(&self, group: &[u32], max_states: usize) -> Option<GroupDfa> {
+        let mut d = Determinizer::new(self);
+        let mut start = Vec::new();
+        for id in group {
+            for &p in &self.starts_of_pattern[id] {
+                self.close(p, &mut start);
+            }
         }
-        let mut set: Vec<u32> =
-            (0..dfa.match_len(eoi)).map(|k| dfa.match_pattern(eoi, k).as_u32()).collect();
-        set.sort_unstable();
-        set.dedup();
-        let row = *rows.entry(set.clone()).or_insert_with(|| {
-            match_sets.push(set);
-            match_sets.len() as u32
-        });
-        accept[i] = row;
+        let start = d.intern(0, start);
+        let width = self.class_count;
+        let mut transitions: Vec<u32> = vec![DEAD; width];
+        let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); width];
+        let mut explicit: Vec<u32> = Vec::new();
+        let mut next_state = 1usize;
+        while next_state < d.states.len() {
+            if d.states.len() > max_states {
+                return None;
+            }
+            explicit.clear();
+            explicit.extend_from_slice(&d.states[next_state]);
+            let sid = explicit[0];
+            let row_start = transitions.len();
+            transitions.resize(row_start + width, DEAD);
+            let mut touched = [0u64; 4];
+            for &p in explicit[1..].iter() {
+                let cls = &self.classes[p as usize];
+                let target = match self.kind[p as usize] {
+                    ONE => p + 1,
+                    LOOP => p,
+                    _ => continue,
+                };
+                for c in iter_bits(cls) {
+                    touched[c >> 6] |= 1 << (c & 63);
+                    self.close(target, &mut buckets[c]);
+                }
+            }
+            for c in 0..width {
+                let to = if touched[c >> 6] & (1 << (c & 63)) == 0 {
+                    d.base_target(sid, c)
+                } else {
+                    let mut set = std::mem::take(&mut buckets[c]);
+                    set.extend_from_slice(d.base_step(sid, c));
+                    let id = d.intern_buf(sid, &mut set);
+                    set.clear();
+                    buckets[c] = set;
+                    id
+                };
+                transitions[row_start + c] = to;
+            }
+            next_state += 1;
+        }
+        if d.states.len() > max_states {
+            return None;
+        }
+        let accept = (0..d.states.len()).map(|i| d.accepts(i)).collect();
+        Some(GroupDfa { transitions, accept, start })
     }
-    Ok(Automaton {
-        byte_classes,
-        class_count: class_count as u32,
-        state_count: order.len() as u32,
-        transitions,
-        accept,
-        match_sets,
+}
+
+fn iter_bits(s: &ByteSet) -> impl Iterator<Item = usize> + '_ {
+    s.iter().enumerate().flat_map(|(w, &word)| {
+        let mut bits = word;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(w * 64 + b)
+        })
     })
 }
 
-fn byte_class(ranges: impl IntoIterator<Item = (u8, u8)>) -> Hir {
-    Hir::class(Class::Bytes(ClassBytes::new(
-        ranges.into_iter().map(|(a, b)| ClassBytesRange::new(a, b)),
-    )))
+/// Subset construction state: DFA states are (sticky set, other positions).
+///
+/// A sticky position loops on every byte, so once a state holds it every later state does
+/// too, along with the positions its closure reaches (its *base*). States therefore store
+/// only the sticky set's id and the positions outside the sticky set and its base; the moves
+/// of the sticky part are computed once per (sticky set, class) and cached.
+struct Determinizer<'a> {
+    nfa: &'a Nfa,
+    /// State 0 is dead: no sticky positions, nothing else.
+    /// Each state's key: its sticky set id followed by its other positions.
+    states: Vec<Box<[u32]>>,
+    ids: FxHashMap<Box<[u32]>, u32>,
+    sticky_sets: Vec<Box<[u32]>>,
+    sticky_ids: FxHashMap<Box<[u32]>, u32>,
+    /// Per sticky set: membership bits of the set and its base (positions implied by it).
+    implied: Vec<Vec<u64>>,
+    /// Per sticky set: its base positions (closure minus the set).
+    base: Vec<Box<[u32]>>,
+    /// Per sticky set, per class: positions reached from the sticky set and its base that it
+    /// does not already imply.
+    base_steps: Vec<Vec<Option<Box<[u32]>>>>,
+    /// Per sticky set, per class: the state reached when nothing else moves (`u32::MAX`: not
+    /// computed yet).
+    base_targets: Vec<Vec<u32>>,
+    /// Scratch buffer for state keys.
+    key: Vec<u32>,
+    /// Per (sticky set, added sticky positions): the grown sticky set.
+    grown: FxHashMap<(u32, Box<[u32]>), u32>,
 }
 
-fn not_slash() -> Hir {
-    byte_class([(0, b'/' - 1), (b'/' + 1, 255)])
+fn has(bits: &[u64], p: u32) -> bool {
+    bits[(p >> 6) as usize] & (1 << (p & 63)) != 0
 }
 
-fn any_byte() -> Hir {
-    byte_class([(0, 255)])
-}
+impl<'a> Determinizer<'a> {
+    fn new(nfa: &'a Nfa) -> Self {
+        let words = nfa.kind.len().div_ceil(64);
+        let mut d = Determinizer {
+            nfa,
+            states: Vec::new(),
+            ids: FxHashMap::default(),
+            sticky_sets: Vec::new(),
+            sticky_ids: FxHashMap::default(),
+            implied: vec![vec![0; words]],
+            base: vec![Box::new([])],
+            base_steps: vec![vec![None; nfa.class_count]],
+            base_targets: vec![vec![u32::MAX; nfa.class_count]],
+            key: Vec::new(),
+            grown: FxHashMap::default(),
+        };
+        let empty: Box<[u32]> = Box::new([]);
+        d.sticky_ids.insert(empty.clone(), 0);
+        d.sticky_sets.push(empty);
+        let dead: Box<[u32]> = Box::new([0]);
+        d.ids.insert(dead.clone(), DEAD);
+        d.states.push(dead);
+        d
+    }
 
-fn star(h: Hir) -> Hir {
-    Hir::repetition(Repetition { min: 0, max: None, greedy: true, sub: Box::new(h) })
-}
-
-fn optional(h: Hir) -> Hir {
-    Hir::repetition(Repetition { min: 0, max: Some(1), greedy: true, sub: Box::new(h) })
-}
-
-fn slash() -> Hir {
-    Hir::literal(*b"/")
-}
-
-fn nodes_hir(nodes: &[Node]) -> Hir {
-    Hir::concat(nodes.iter().map(node_hir).collect())
-}
-
-fn node_hir(node: &Node) -> Hir {
-    match node {
-        Node::Byte(b) => Hir::literal([*b]),
-        Node::Star => star(not_slash()),
-        Node::DoubleStar => star(any_byte()),
-        Node::DeepDir => Hir::concat(vec![slash(), optional(Hir::concat(vec![star(any_byte()), slash()]))]),
-        Node::Any => not_slash(),
-        Node::Class { negated, ranges } => {
-            let mut class = ClassBytes::new(ranges.iter().map(|&(a, b)| ClassBytesRange::new(a, b)));
-            if *negated {
-                class.negate();
-                class.difference(&ClassBytes::new([ClassBytesRange::new(b'/', b'/')]));
-            }
-            Hir::class(Class::Bytes(class))
+    /// The id of the sticky set `sid` grown by `added` (sticky positions not in it).
+    fn grow(&mut self, sid: u32, added: Box<[u32]>) -> u32 {
+        if let Some(&id) = self.grown.get(&(sid, added.clone())) {
+            return id;
         }
-        Node::Alt(alts) => Hir::alternation(alts.iter().map(|a| nodes_hir(a)).collect()),
+        let mut set: Vec<u32> = self.sticky_sets[sid as usize].iter().chain(added.iter()).copied().collect();
+        set.sort_unstable();
+        set.dedup();
+        let set: Box<[u32]> = set.into();
+        let id = match self.sticky_ids.get(&set) {
+            Some(&id) => id,
+            None => {
+                let id = self.sticky_sets.len() as u32;
+                let mut closure = Vec::new();
+                for &p in set.iter() {
+                    self.nfa.close(p, &mut closure);
+                }
+                closure.sort_unstable();
+                closure.dedup();
+                let mut bits = vec![0u64; self.implied[0].len()];
+                for &p in &closure {
+                    bits[(p >> 6) as usize] |= 1 << (p & 63);
+                }
+                closure.retain(|p| set.binary_search(p).is_err());
+                self.sticky_ids.insert(set.clone(), id);
+                self.sticky_sets.push(set);
+                self.implied.push(bits);
+                self.base.push(closure.into());
+                self.base_steps.push(vec![None; self.nfa.class_count]);
+                self.base_targets.push(vec![u32::MAX; self.nfa.class_count]);
+                id
+            }
+        };
+        self.grown.insert((sid, added), id);
+        id
+    }
+
+    /// The state id of sticky set `sid` plus the (closed) positions `extra`.
+    fn intern(&mut self, sid: u32, mut extra: Vec<u32>) -> u32 {
+        self.intern_buf(sid, &mut extra)
+    }
+
+    /// [`Self::intern`] on a scratch buffer, which it reorders and filters.
+    fn intern_buf(&mut self, sid: u32, extra: &mut Vec<u32>) -> u32 {
+        extra.sort_unstable();
+        extra.dedup();
+        let implied = &self.implied[sid as usize];
+        extra.retain(|&p| !has(implied, p));
+        let added: Box<[u32]> = extra.iter().copied().filter(|&p| self.nfa.sticky[p as usize]).collect();
+        let sid = if added.is_empty() {
+            sid
+        } else {
+            let grown = self.grow(sid, added);
+            let implied = &self.implied[grown as usize];
+            extra.retain(|&p| !has(implied, p));
+            grown
+        };
+        self.key.clear();
+        self.key.push(sid);
+        self.key.extend_from_slice(extra);
+        if let Some(&id) = self.ids.get(self.key.as_slice()) {
+            return id;
+        }
+        let id = self.states.len() as u32;
+        let key: Box<[u32]> = self.key.as_slice().into();
+        self.states.push(key.clone());
+        self.ids.insert(key, id);
+        id
+    }
+
+    /// Positions reached on class `c` from the sticky set `sid` and its base, minus those
+    /// the set already implies.
+    fn base_step(&mut self, sid: u32, c: usize) -> &[u32] {
+        if self.base_steps[sid as usize][c].is_none() {
+            let mut out = Vec::new();
+            let nfa = self.nfa;
+            let sources = self.sticky_sets[sid as usize].iter().chain(self.base[sid as usize].iter());
+            for &p in sources {
+                if nfa.classes[p as usize][c >> 6] & (1 << (c & 63)) == 0 {
+                    continue;
+                }
+                match nfa.kind[p as usize] {
+                    ONE => nfa.close(p + 1, &mut out),
+                    LOOP => nfa.close(p, &mut out),
+                    _ => {}
+                }
+            }
+            let implied = &self.implied[sid as usize];
+            out.retain(|&p| !has(implied, p));
+            out.sort_unstable();
+            out.dedup();
+            self.base_steps[sid as usize][c] = Some(out.into());
+        }
+        self.base_steps[sid as usize][c].as_deref().unwrap_or_default()
+    }
+
+    /// The state reached on class `c` when only the sticky part moves.
+    fn base_target(&mut self, sid: u32, c: usize) -> u32 {
+        let t = self.base_targets[sid as usize][c];
+        if t != u32::MAX {
+            return t;
+        }
+        let set = self.base_step(sid, c).to_vec();
+        let t = self.intern(sid, set);
+        self.base_targets[sid as usize][c] = t;
+        t
+    }
+
+    /// The sorted pattern ids a state accepts.
+    fn accepts(&self, state: usize) -> Vec<u32> {
+        let key = &self.states[state];
+        let mut out: Vec<u32> = self.base[key[0] as usize]
+            .iter()
+            .chain(key[1..].iter())
+            .filter(|&&p| self.nfa.kind[p as usize] == END)
+            .map(|&p| self.nfa.pattern[p as usize])
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 
-fn pattern_hir(p: &Pattern) -> Hir {
-    let mut parts = Vec::with_capacity(3);
-    if p.is_name_pattern() {
-        // Any directory prefix, then the name.
-        parts.push(optional(Hir::concat(vec![star(any_byte()), slash()])));
+/// Puts the groups' states into one table (after the shared dead state) and interns the
+/// match sets.
+fn merge(groups: Vec<GroupDfa>, classes: &ByteClasses) -> Automaton {
+    let width = classes.count;
+    let mut transitions: Vec<u32> = vec![DEAD; width];
+    let mut accept: Vec<u32> = vec![0];
+    let mut starts = Vec::new();
+    let mut rows: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
+    let mut match_sets: Vec<Vec<u32>> = Vec::new();
+    for g in groups {
+        // Group state s (s >= 1) becomes offset + s - 1; group dead stays 0.
+        let offset = accept.len() as u32;
+        let map = |s: u32| if s == DEAD { DEAD } else { offset + s - 1 };
+        starts.push(map(g.start));
+        for s in 1..g.accept.len() {
+            transitions.extend(g.transitions[s * width..(s + 1) * width].iter().map(|&t| map(t)));
+            let set = &g.accept[s];
+            let row = if set.is_empty() {
+                0
+            } else {
+                *rows.entry(set.clone()).or_insert_with(|| {
+                    match_sets.push(set.clone());
+                    match_sets.len() as u32
+                })
+            };
+            accept.push(row);
+        }
     }
-    parts.push(nodes_hir(p.nodes()));
-    parts.push(Hir::look(Look::End));
-    Hir::concat(parts)
+    Automaton {
+        byte_classes: classes.of.to_vec(),
+        class_count: width as u32,
+        state_count: accept.len() as u32,
+        starts,
+        transitions,
+        accept,
+        match_sets,
+    }
 }
 
 #[cfg(test)]
@@ -291,27 +755,37 @@ mod tests {
     #[test]
     fn exact_and_glob_patterns() {
         let a = build(&["/etc/passwd", "/tmp/**", "busybox", "/proc/**/mem"]);
-        assert_eq!(a.run(b"/etc/passwd"), &[0]);
-        assert_eq!(a.run(b"/etc/passwd-"), &[] as &[u32]);
-        assert_eq!(a.run(b"/tmp/x/y"), &[1]);
-        assert_eq!(a.run(b"/bin/busybox"), &[2]);
-        assert_eq!(a.run(b"/proc/1/task/1/mem"), &[3]);
-        assert_eq!(a.run(b"/var/x"), &[] as &[u32]);
+        assert_eq!(a.run(b"/etc/passwd"), [0]);
+        assert!(a.run(b"/etc/passwd-").is_empty());
+        assert_eq!(a.run(b"/tmp/x/y"), [1]);
+        assert_eq!(a.run(b"/bin/busybox"), [2]);
+        assert_eq!(a.run(b"busybox"), [2]);
+        assert_eq!(a.run(b"/proc/1/task/1/mem"), [3]);
+        assert!(a.run(b"/var/x").is_empty());
     }
 
     #[test]
     fn overlapping_patterns_report_every_match() {
-        let a = build(&["/etc/**", "/etc/shadow", "shadow"]);
-        assert_eq!(a.run(b"/etc/shadow"), &[0, 1, 2]);
-        assert_eq!(a.run(b"/etc/hosts"), &[0]);
-        assert_eq!(a.run(b"/backup/shadow"), &[2]);
+        let a = build(&["/etc/**", "/etc/shadow", "shadow", "/**/shadow"]);
+        assert_eq!(a.run(b"/etc/shadow"), [0, 1, 2, 3]);
+        assert_eq!(a.run(b"/etc/hosts"), [0]);
+        assert_eq!(a.run(b"/backup/shadow"), [2, 3]);
+    }
+
+    #[test]
+    fn anchored_and_floating_patterns_get_separate_walks() {
+        let a = build(&["/etc/passwd", "/**/.ssh/**"]);
+        assert_eq!(a.starts.len(), 2);
+        assert_eq!(a.run(b"/root/.ssh/id"), [1]);
+        let a = build(&["/etc/passwd", "/var/**"]);
+        assert_eq!(a.starts.len(), 1);
     }
 
     #[test]
     fn empty_set_matches_nothing() {
         let a = Automaton::build(&[]).expect("build");
-        assert_eq!(a.run(b"/x"), &[] as &[u32]);
-        assert_eq!(a.state_count, 2);
+        assert!(a.run(b"/x").is_empty());
+        assert!(a.starts.is_empty());
     }
 
     #[test]
@@ -319,5 +793,14 @@ mod tests {
         let a = build(&["/a"]);
         let c = a.class_count as usize;
         assert!(a.transitions[..c].iter().all(|&s| s == DEAD));
+        assert_eq!(a.accept[0], 0);
+    }
+
+    #[test]
+    fn tables_round_trip_through_serde() {
+        let a = build(&["/etc/**", "*.log"]);
+        let json = serde_json::to_string(&a).expect("serialize");
+        let back: Automaton = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(a, back);
     }
 }
