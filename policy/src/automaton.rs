@@ -163,11 +163,11 @@ impl Automaton {
         Ok(merge(groups, &classes))
     }
 
-    /// Walks the tables over `input`, exactly as the BPF program does, and returns the sorted
-    /// ids of the patterns that match it.
-    pub fn run(&self, input: &[u8]) -> Vec<u32> {
+    /// Walks the tables over `input` once per start state, exactly as the BPF program does,
+    /// and returns the index into [`Self::match_sets`] of each walk that ends accepting.
+    pub fn accept_rows(&self, input: &[u8]) -> Vec<usize> {
         let width = self.class_count as usize;
-        let mut out: Vec<u32> = Vec::new();
+        let mut rows = Vec::new();
         for &start in &self.starts {
             let mut state = start;
             for &b in input {
@@ -177,8 +177,17 @@ impl Automaton {
                 }
             }
             if let Some(row) = self.accept[state as usize].checked_sub(1) {
-                out.extend_from_slice(&self.match_sets[row as usize]);
+                rows.push(row as usize);
             }
+        }
+        rows
+    }
+
+    /// The sorted ids of the patterns that match `input`, from the table walks.
+    pub fn run(&self, input: &[u8]) -> Vec<u32> {
+        let mut out: Vec<u32> = Vec::new();
+        for row in self.accept_rows(input) {
+            out.extend_from_slice(&self.match_sets[row]);
         }
         out.sort_unstable();
         out.dedup();

@@ -23,3 +23,4 @@ pub use compile::{compile, compile_with_model};
 pub use document::{parse_documents, PolicyDocument};
 pub use error::{FieldError, FieldErrors};
 pub use identity::{NodeFacts, PolicyIdentity};
+pub mod decide;
