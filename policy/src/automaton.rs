@@ -343,7 +343,7 @@ impl ByteClasses {
             }
         }
         // Refine: bytes with the same membership in every set share a class.
-        let mut signature: Vec<Vec<bool>> = vec![Vec::with_capacity(sets.len()); 256];
+        let mut signature: Vec<Vec<bool>> = (0..256).map(|_| Vec::with_capacity(sets.len())).collect();
         for s in &sets {
             for (b, sig) in signature.iter_mut().enumerate() {
                 sig.push(contains(s, b as u8));
@@ -352,23 +352,22 @@ impl ByteClasses {
         let mut ids: BTreeMap<&Vec<bool>, u8> = BTreeMap::new();
         let mut of = [0u8; 256];
         let mut next = 0usize;
-        for b in 0..256 {
-            let id = *ids.entry(&signature[b]).or_insert_with(|| {
+        for (slot, sig) in of.iter_mut().zip(&signature) {
+            *slot = *ids.entry(sig).or_insert_with(|| {
                 next += 1;
                 (next - 1) as u8
             });
-            of[b] = id;
         }
         // Number classes by their smallest byte, so the numbering reads naturally.
         let mut renumber = [u8::MAX; 256];
         let mut count = 0usize;
-        for b in 0..256 {
-            let c = of[b] as usize;
+        for slot in of.iter_mut() {
+            let c = *slot as usize;
             if renumber[c] == u8::MAX {
                 renumber[c] = count as u8;
                 count += 1;
             }
-            of[b] = renumber[c];
+            *slot = renumber[c];
         }
         ByteClasses { of, count }
     }

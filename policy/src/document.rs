@@ -81,8 +81,7 @@ impl PolicyDocument {
 /// documents are prefixed with `document[N]`.
 pub fn parse_documents(text: &str) -> Vec<Result<PolicyDocument, FieldErrors>> {
     let mut out = Vec::new();
-    let mut index = 0usize;
-    for de in serde_yaml::Deserializer::from_str(text) {
+    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = match <Value as serde::Deserialize>::deserialize(de) {
             Ok(v) => v,
             Err(e) => {
@@ -94,7 +93,6 @@ pub fn parse_documents(text: &str) -> Vec<Result<PolicyDocument, FieldErrors>> {
             }
         };
         let this = index;
-        index += 1;
         if value.is_null() {
             continue;
         }
@@ -280,7 +278,9 @@ fn check_root(obj: &Map<String, Value>, schema: &Value, errs: &mut FieldErrors) 
     check_required(obj, schema, "", errs);
 }
 
-fn join(path: &str, key: &str) -> String {
+/// Appends a field or map key to a JSON path: `a.b` for plain keys, `a["app.k8s.io/name"]`
+/// for keys that are not identifiers.
+pub fn join(path: &str, key: &str) -> String {
     let plain = !key.is_empty()
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         && !key.as_bytes()[0].is_ascii_digit();
@@ -390,10 +390,8 @@ fn check_value(value: &Value, schema: &Value, path: &str, errs: &mut FieldErrors
                 }
             }
         }
-        Some("boolean") => {
-            if !value.is_boolean() {
-                errs.push(path, format!("expected a boolean, found {}", kind_of(value)));
-            }
+        Some("boolean") if !value.is_boolean() => {
+            errs.push(path, format!("expected a boolean, found {}", kind_of(value)));
         }
         Some("integer") => {
             let n = value.as_i64().map(i128::from).or_else(|| value.as_u64().map(i128::from));
@@ -414,10 +412,8 @@ fn check_value(value: &Value, schema: &Value, path: &str, errs: &mut FieldErrors
                 errs.push(path, format!("must be {range}, found {n}"));
             }
         }
-        Some("number") => {
-            if !value.is_number() {
-                errs.push(path, format!("expected a number, found {}", kind_of(value)));
-            }
+        Some("number") if !value.is_number() => {
+            errs.push(path, format!("expected a number, found {}", kind_of(value)));
         }
         _ => {}
     }

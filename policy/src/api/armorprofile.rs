@@ -5,6 +5,10 @@
 //! load and how many nodes loaded it. Agents never read it: they receive the same content as a
 //! profile bundle over their gRPC session.
 
+// kube's printcolumn(...) attributes repeat keys such as `type_`, which clippy reports as
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;

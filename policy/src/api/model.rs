@@ -1,5 +1,9 @@
 //! `ArmorProfileModel`: the behaviour model of a workload and the profiles built from it.
 
+// kube's printcolumn(...) attributes repeat keys such as `type_`, which clippy reports as
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

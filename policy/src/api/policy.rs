@@ -1,5 +1,9 @@
 //! `VarmorPolicy` and `VarmorClusterPolicy`.
 
+// kube's printcolumn(...) attributes repeat keys such as `type_`, which clippy reports as
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
