@@ -130,8 +130,10 @@ impl Automaton {
         // Anchored patterns first, floating ones second; a group that does not fit is halved.
         let (anchored, floating): (Vec<u32>, Vec<u32>) =
             (0..patterns.len() as u32).partition(|&id| !is_floating(&patterns[id as usize]));
-        let mut pending: VecDeque<Vec<u32>> =
-            [anchored, floating].into_iter().filter(|g| !g.is_empty()).collect();
+        let mut pending: VecDeque<Vec<u32>> = [anchored, floating]
+            .into_iter()
+            .filter(|g| !g.is_empty())
+            .collect();
         let mut groups: Vec<GroupDfa> = Vec::new();
         let budget = MAX_TABLE_ENTRIES / classes.count;
         while let Some(group) = pending.pop_front() {
@@ -171,7 +173,8 @@ impl Automaton {
         for &start in &self.starts {
             let mut state = start;
             for &b in input {
-                state = self.transitions[state as usize * width + self.byte_classes[b as usize] as usize];
+                state = self.transitions
+                    [state as usize * width + self.byte_classes[b as usize] as usize];
                 if state == DEAD {
                     break;
                 }
@@ -250,7 +253,10 @@ fn expand(p: &Pattern) -> Result<Vec<Vec<Elem>>, AutomatonError> {
     let mut prefixes = vec![Vec::new()];
     if p.is_name_pattern() {
         // The last component of any path: nothing before it, or anything ending in '/'.
-        prefixes.push(vec![Elem::Loop(ALL_BYTES), Elem::One(byte_set([(b'/', b'/')]))]);
+        prefixes.push(vec![
+            Elem::Loop(ALL_BYTES),
+            Elem::One(byte_set([(b'/', b'/')])),
+        ]);
     }
     let mut out = Vec::new();
     for prefix in prefixes {
@@ -261,11 +267,17 @@ fn expand(p: &Pattern) -> Result<Vec<Vec<Elem>>, AutomatonError> {
     Ok(out)
 }
 
-fn expand_nodes(nodes: &[Node], mut acc: Vec<Vec<Elem>>, p: &Pattern) -> Result<Vec<Vec<Elem>>, AutomatonError> {
+fn expand_nodes(
+    nodes: &[Node],
+    mut acc: Vec<Vec<Elem>>,
+    p: &Pattern,
+) -> Result<Vec<Vec<Elem>>, AutomatonError> {
     let slash = || Elem::One(byte_set([(b'/', b'/')]));
     for node in nodes {
         match node {
-            Node::Byte(b) => acc.iter_mut().for_each(|v| v.push(Elem::One(byte_set([(*b, *b)])))),
+            Node::Byte(b) => acc
+                .iter_mut()
+                .for_each(|v| v.push(Elem::One(byte_set([(*b, *b)])))),
             Node::Any => acc.iter_mut().for_each(|v| v.push(Elem::One(not_slash()))),
             Node::Star => acc.iter_mut().for_each(|v| v.push(Elem::Loop(not_slash()))),
             Node::DoubleStar => acc.iter_mut().for_each(|v| v.push(Elem::Loop(ALL_BYTES))),
@@ -301,7 +313,9 @@ fn expand_nodes(nodes: &[Node], mut acc: Vec<Vec<Elem>>, p: &Pattern) -> Result<
             }
         }
         if acc.len() > MAX_VARIANTS_PER_PATTERN {
-            return Err(AutomatonError::TooManyAlternatives { pattern: p.as_str().to_string() });
+            return Err(AutomatonError::TooManyAlternatives {
+                pattern: p.as_str().to_string(),
+            });
         }
     }
     Ok(acc)
@@ -334,40 +348,32 @@ struct ByteClasses {
 impl ByteClasses {
     fn new(variants: &[(u32, Vec<Elem>)]) -> ByteClasses {
         let mut sets: Vec<ByteSet> = Vec::new();
+        let mut seen: rustc_hash::FxHashSet<ByteSet> = Default::default();
         for (_, v) in variants {
             for e in v {
                 let (Elem::One(s) | Elem::Loop(s)) = e;
-                if *s != ALL_BYTES && !sets.contains(s) {
+                if *s != ALL_BYTES && seen.insert(*s) {
                     sets.push(*s);
                 }
             }
         }
-        // Refine: bytes with the same membership in every set share a class.
-        let mut signature: Vec<Vec<bool>> = (0..256).map(|_| Vec::with_capacity(sets.len())).collect();
-        for s in &sets {
-            for (b, sig) in signature.iter_mut().enumerate() {
-                sig.push(contains(s, b as u8));
-            }
-        }
-        let mut ids: BTreeMap<&Vec<bool>, u8> = BTreeMap::new();
+        // Refine: split every class by membership in each set in turn.
         let mut of = [0u8; 256];
-        let mut next = 0usize;
-        for (slot, sig) in of.iter_mut().zip(&signature) {
-            *slot = *ids.entry(sig).or_insert_with(|| {
-                next += 1;
-                (next - 1) as u8
-            });
-        }
-        // Number classes by their smallest byte, so the numbering reads naturally.
-        let mut renumber = [u8::MAX; 256];
-        let mut count = 0usize;
-        for slot in of.iter_mut() {
-            let c = *slot as usize;
-            if renumber[c] == u8::MAX {
-                renumber[c] = count as u8;
-                count += 1;
+        let mut count = 1usize;
+        for set in &sets {
+            // New id for (old class, inside the set), assigned in byte order.
+            let mut split: [[u16; 2]; 256] = [[u16::MAX; 2]; 256];
+            let mut next = 0usize;
+            for (b, slot) in of.iter_mut().enumerate() {
+                let inside = usize::from(contains(set, b as u8));
+                let id = &mut split[*slot as usize][inside];
+                if *id == u16::MAX {
+                    *id = next as u16;
+                    next += 1;
+                }
+                *slot = *id as u8;
             }
-            *slot = renumber[c];
+            count = next;
         }
         ByteClasses { of, count }
     }
@@ -376,7 +382,11 @@ impl ByteClasses {
     fn classes_of(&self, s: &ByteSet) -> ByteSet {
         let mut out = [0u64; 4];
         if s.iter().map(|w| w.count_ones()).sum::<u32>() == 1 {
-            let b = s.iter().enumerate().find(|(_, w)| **w != 0).map_or(0, |(i, w)| i * 64 + w.trailing_zeros() as usize);
+            let b = s
+                .iter()
+                .enumerate()
+                .find(|(_, w)| **w != 0)
+                .map_or(0, |(i, w)| i * 64 + w.trailing_zeros() as usize);
             let c = self.of[b];
             out[(c >> 6) as usize] |= 1 << (c & 63);
             return out;
@@ -425,14 +435,18 @@ impl Nfa {
             class_count: bc.count,
         };
         let all_classes = bc.classes_of(&ALL_BYTES);
+        let mut cache: FxHashMap<ByteSet, ByteSet> = FxHashMap::default();
         for (id, v) in variants {
-            nfa.starts_of_pattern.entry(*id).or_default().push(nfa.kind.len() as u32);
+            nfa.starts_of_pattern
+                .entry(*id)
+                .or_default()
+                .push(nfa.kind.len() as u32);
             for e in v {
                 let (kind, set) = match e {
                     Elem::One(s) => (ONE, s),
                     Elem::Loop(s) => (LOOP, s),
                 };
-                let cls = bc.classes_of(set);
+                let cls = *cache.entry(*set).or_insert_with(|| bc.classes_of(set));
                 nfa.kind.push(kind);
                 nfa.sticky.push(kind == LOOP && cls == all_classes);
                 nfa.classes.push(cls);
@@ -468,51 +482,94 @@ impl Nfa {
         let start = d.intern(0, start);
         let width = self.class_count;
         let mut transitions: Vec<u32> = vec![DEAD; width];
-        let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); width];
         let mut explicit: Vec<u32> = Vec::new();
+        // Per class: which explicit positions (by index, up to 64) accept it. Classes with the
+        // same mask and the same sticky-part move have the same successor, so each distinct
+        // pair is interned once per state (the classes a `*` loop covers move together).
+        let mut masks: Vec<u64> = vec![0; width];
+        let mut combos: Vec<(u64, u32, u32)> = Vec::new();
+        let mut set: Vec<u32> = Vec::new();
         let mut next_state = 1usize;
-        while next_state < d.states.len() {
-            if d.states.len() > max_states {
+        while next_state < d.state_count() {
+            if d.state_count() > max_states {
                 return None;
             }
             explicit.clear();
-            explicit.extend_from_slice(&d.states[next_state]);
-            let sid = explicit[0];
+            explicit.extend_from_slice(&d.state_key(next_state)[1..]);
+            let sid = d.state_key(next_state)[0];
             let row_start = transitions.len();
             transitions.resize(row_start + width, DEAD);
-            let mut touched = [0u64; 4];
-            for &p in explicit[1..].iter() {
-                let cls = &self.classes[p as usize];
-                let target = match self.kind[p as usize] {
-                    ONE => p + 1,
-                    LOOP => p,
-                    _ => continue,
-                };
-                for c in iter_bits(cls) {
-                    touched[c >> 6] |= 1 << (c & 63);
-                    self.close(target, &mut buckets[c]);
+            if explicit.len() <= 64 {
+                masks.iter_mut().for_each(|m| *m = 0);
+                for (i, &p) in explicit.iter().enumerate() {
+                    if self.kind[p as usize] == END {
+                        continue;
+                    }
+                    for c in iter_bits(&self.classes[p as usize]) {
+                        masks[c] |= 1 << i;
+                    }
                 }
-            }
-            for c in 0..width {
-                let to = if touched[c >> 6] & (1 << (c & 63)) == 0 {
-                    d.base_target(sid, c)
-                } else {
-                    let mut set = std::mem::take(&mut buckets[c]);
-                    set.extend_from_slice(d.base_step(sid, c));
-                    let id = d.intern_buf(sid, &mut set);
+                combos.clear();
+                for c in 0..width {
+                    let mask = masks[c];
+                    let to = if mask == 0 {
+                        d.base_target(sid, c)
+                    } else {
+                        let step = d.base_step_id(sid, c);
+                        match combos.iter().find(|(m, s, _)| *m == mask && *s == step) {
+                            Some(&(_, _, to)) => to,
+                            None => {
+                                set.clear();
+                                let mut bits = mask;
+                                while bits != 0 {
+                                    let p = explicit[bits.trailing_zeros() as usize];
+                                    bits &= bits - 1;
+                                    let target = if self.kind[p as usize] == ONE {
+                                        p + 1
+                                    } else {
+                                        p
+                                    };
+                                    self.close(target, &mut set);
+                                }
+                                set.extend_from_slice(d.base_step(sid, c));
+                                let to = d.intern_buf(sid, &mut set);
+                                combos.push((mask, step, to));
+                                to
+                            }
+                        }
+                    };
+                    transitions[row_start + c] = to;
+                }
+            } else {
+                // Many positions (e.g. a thousand patterns sharing a prefix): collect per class.
+                for c in 0..width {
                     set.clear();
-                    buckets[c] = set;
-                    id
-                };
-                transitions[row_start + c] = to;
+                    for &p in &explicit {
+                        let k = self.kind[p as usize];
+                        if k != END && self.classes[p as usize][c >> 6] & (1 << (c & 63)) != 0 {
+                            self.close(if k == ONE { p + 1 } else { p }, &mut set);
+                        }
+                    }
+                    let to = if set.is_empty() {
+                        d.base_target(sid, c)
+                    } else {
+                        set.extend_from_slice(d.base_step(sid, c));
+                        d.intern_buf(sid, &mut set)
+                    };
+                    transitions[row_start + c] = to;
+                }
             }
             next_state += 1;
         }
-        if d.states.len() > max_states {
+        if d.state_count() > max_states {
             return None;
         }
-        let accept = (0..d.states.len()).map(|i| d.accepts(i)).collect();
-        Some(GroupDfa { transitions, accept, start })
+        let accept = (0..d.state_count()).map(|i| d.accepts(i)).collect();
+        Some(GroupDfa {
+            transitions,
+            accept,
+            start,
+        })
     }
 }
 
@@ -539,9 +596,12 @@ fn iter_bits(s: &ByteSet) -> impl Iterator<Item = usize> + '_ {
 struct Determinizer<'a> {
     nfa: &'a Nfa,
     /// State 0 is dead: no sticky positions, nothing else.
-    /// Each state's key: its sticky set id followed by its other positions.
-    states: Vec<Box<[u32]>>,
-    ids: FxHashMap<Box<[u32]>, u32>,
+    /// Every state's key (its sticky set id followed by its other positions), end to end.
+    keys: Vec<u32>,
+    /// Where each state's key starts in `keys` (one extra entry marks the end).
+    key_starts: Vec<u32>,
+    /// State ids by key hash.
+    ids: hashbrown::HashTable<u32>,
     sticky_sets: Vec<Box<[u32]>>,
     sticky_ids: FxHashMap<Box<[u32]>, u32>,
     /// Per sticky set: membership bits of the set and its base (positions implied by it).
@@ -558,6 +618,16 @@ struct Determinizer<'a> {
     key: Vec<u32>,
     /// Per (sticky set, added sticky positions): the grown sticky set.
     grown: FxHashMap<(u32, Box<[u32]>), u32>,
+    /// Per sticky set, per class: an id shared by equal base steps (`u32::MAX`: not yet).
+    base_step_ids: Vec<Vec<u32>>,
+    step_ids: FxHashMap<Box<[u32]>, u32>,
+}
+
+fn hash_key(key: &[u32]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    key.hash(&mut h);
+    h.finish()
 }
 
 fn has(bits: &[u64], p: u32) -> bool {
@@ -569,8 +639,9 @@ impl<'a> Determinizer<'a> {
         let words = nfa.kind.len().div_ceil(64);
         let mut d = Determinizer {
             nfa,
-            states: Vec::new(),
-            ids: FxHashMap::default(),
+            keys: Vec::new(),
+            key_starts: vec![0],
+            ids: hashbrown::HashTable::new(),
             sticky_sets: Vec::new(),
             sticky_ids: FxHashMap::default(),
             implied: vec![vec![0; words]],
@@ -579,13 +650,14 @@ impl<'a> Determinizer<'a> {
             base_targets: vec![vec![u32::MAX; nfa.class_count]],
             key: Vec::new(),
             grown: FxHashMap::default(),
+            base_step_ids: vec![vec![u32::MAX; nfa.class_count]],
+            step_ids: FxHashMap::default(),
         };
         let empty: Box<[u32]> = Box::new([]);
         d.sticky_ids.insert(empty.clone(), 0);
         d.sticky_sets.push(empty);
-        let dead: Box<[u32]> = Box::new([0]);
-        d.ids.insert(dead.clone(), DEAD);
-        d.states.push(dead);
+        d.key.push(0);
+        d.insert_key();
         d
     }
 
@@ -594,7 +666,11 @@ impl<'a> Determinizer<'a> {
         if let Some(&id) = self.grown.get(&(sid, added.clone())) {
             return id;
         }
-        let mut set: Vec<u32> = self.sticky_sets[sid as usize].iter().chain(added.iter()).copied().collect();
+        let mut set: Vec<u32> = self.sticky_sets[sid as usize]
+            .iter()
+            .chain(added.iter())
+            .copied()
+            .collect();
         set.sort_unstable();
         set.dedup();
         let set: Box<[u32]> = set.into();
@@ -619,6 +695,8 @@ impl<'a> Determinizer<'a> {
                 self.base.push(closure.into());
                 self.base_steps.push(vec![None; self.nfa.class_count]);
                 self.base_targets.push(vec![u32::MAX; self.nfa.class_count]);
+                self.base_step_ids
+                    .push(vec![u32::MAX; self.nfa.class_count]);
                 id
             }
         };
@@ -637,7 +715,11 @@ impl<'a> Determinizer<'a> {
         extra.dedup();
         let implied = &self.implied[sid as usize];
         extra.retain(|&p| !has(implied, p));
-        let added: Box<[u32]> = extra.iter().copied().filter(|&p| self.nfa.sticky[p as usize]).collect();
+        let added: Box<[u32]> = extra
+            .iter()
+            .copied()
+            .filter(|&p| self.nfa.sticky[p as usize])
+            .collect();
         let sid = if added.is_empty() {
             sid
         } else {
@@ -649,14 +731,36 @@ impl<'a> Determinizer<'a> {
         self.key.clear();
         self.key.push(sid);
         self.key.extend_from_slice(extra);
-        if let Some(&id) = self.ids.get(self.key.as_slice()) {
+        self.insert_key()
+    }
+
+    /// The id of the state whose key is in `self.key`, added if new.
+    fn insert_key(&mut self) -> u32 {
+        let hash = hash_key(&self.key);
+        let (keys, starts) = (&self.keys, &self.key_starts);
+        let key_of =
+            |id: u32| &keys[starts[id as usize] as usize..starts[id as usize + 1] as usize];
+        if let Some(&id) = self.ids.find(hash, |&id| key_of(id) == self.key.as_slice()) {
             return id;
         }
-        let id = self.states.len() as u32;
-        let key: Box<[u32]> = self.key.as_slice().into();
-        self.states.push(key.clone());
-        self.ids.insert(key, id);
+        let id = self.state_count() as u32;
+        self.keys.extend_from_slice(&self.key);
+        self.key_starts.push(self.keys.len() as u32);
+        let (keys, starts) = (&self.keys, &self.key_starts);
+        self.ids.insert_unique(hash, id, |&id| {
+            hash_key(&keys[starts[id as usize] as usize..starts[id as usize + 1] as usize])
+        });
         id
+    }
+
+    /// Number of states so far.
+    fn state_count(&self) -> usize {
+        self.key_starts.len() - 1
+    }
+
+    /// The key of a state: its sticky set id, then its other positions.
+    fn state_key(&self, id: usize) -> &[u32] {
+        &self.keys[self.key_starts[id] as usize..self.key_starts[id + 1] as usize]
     }
 
     /// Positions reached on class `c` from the sticky set `sid` and its base, minus those
@@ -665,7 +769,9 @@ impl<'a> Determinizer<'a> {
         if self.base_steps[sid as usize][c].is_none() {
             let mut out = Vec::new();
             let nfa = self.nfa;
-            let sources = self.sticky_sets[sid as usize].iter().chain(self.base[sid as usize].iter());
+            let sources = self.sticky_sets[sid as usize]
+                .iter()
+                .chain(self.base[sid as usize].iter());
             for &p in sources {
                 if nfa.classes[p as usize][c >> 6] & (1 << (c & 63)) == 0 {
                     continue;
@@ -682,7 +788,22 @@ impl<'a> Determinizer<'a> {
             out.dedup();
             self.base_steps[sid as usize][c] = Some(out.into());
         }
-        self.base_steps[sid as usize][c].as_deref().unwrap_or_default()
+        self.base_steps[sid as usize][c]
+            .as_deref()
+            .unwrap_or_default()
+    }
+
+    /// An id for the content of `base_step(sid, c)`: equal contents share it.
+    fn base_step_id(&mut self, sid: u32, c: usize) -> u32 {
+        let id = self.base_step_ids[sid as usize][c];
+        if id != u32::MAX {
+            return id;
+        }
+        let step: Box<[u32]> = self.base_step(sid, c).into();
+        let next = self.step_ids.len() as u32;
+        let id = *self.step_ids.entry(step).or_insert(next);
+        self.base_step_ids[sid as usize][c] = id;
+        id
     }
 
     /// The state reached on class `c` when only the sticky part moves.
@@ -699,7 +820,7 @@ impl<'a> Determinizer<'a> {
 
     /// The sorted pattern ids a state accepts.
     fn accepts(&self, state: usize) -> Vec<u32> {
-        let key = &self.states[state];
+        let key = self.state_key(state);
         let mut out: Vec<u32> = self.base[key[0] as usize]
             .iter()
             .chain(key[1..].iter())
@@ -727,7 +848,11 @@ fn merge(groups: Vec<GroupDfa>, classes: &ByteClasses) -> Automaton {
         let map = |s: u32| if s == DEAD { DEAD } else { offset + s - 1 };
         starts.push(map(g.start));
         for s in 1..g.accept.len() {
-            transitions.extend(g.transitions[s * width..(s + 1) * width].iter().map(|&t| map(t)));
+            transitions.extend(
+                g.transitions[s * width..(s + 1) * width]
+                    .iter()
+                    .map(|&t| map(t)),
+            );
             let set = &g.accept[s];
             let row = if set.is_empty() {
                 0
@@ -756,7 +881,10 @@ mod tests {
     use super::*;
 
     fn build(patterns: &[&str]) -> Automaton {
-        let ps: Vec<Pattern> = patterns.iter().map(|p| Pattern::parse(p).expect(p)).collect();
+        let ps: Vec<Pattern> = patterns
+            .iter()
+            .map(|p| Pattern::parse(p).expect(p))
+            .collect();
         Automaton::build(&ps).expect("build")
     }
 

@@ -163,7 +163,9 @@ pub fn normalize(name: &str) -> String {
 /// Finds a rule by name or alias (after [`normalize`]).
 pub fn lookup(name: &str) -> Option<&'static BuiltinRule> {
     let n = normalize(name);
-    all().iter().find(|r| r.name == n || r.aliases.contains(&n.as_str()))
+    all()
+        .iter()
+        .find(|r| r.name == n || r.aliases.contains(&n.as_str()))
 }
 
 /// Every name and alias of a category, for suggestions.
@@ -293,19 +295,75 @@ macro_rules! cap_lines {
 /// AppArmor lines for every capability except net_bind_service (vArmor lists them one by one
 /// so that net_bind_service stays allowed).
 const ALL_BUT_NET_BIND_SERVICE_LINES: &[AppArmorLine] = cap_lines!(
-    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid",
-    "setpcap", "linux_immutable", "net_broadcast", "net_admin", "net_raw", "ipc_lock",
-    "ipc_owner", "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct",
-    "sys_admin", "sys_boot", "sys_nice", "sys_resource", "sys_time", "sys_tty_config", "mknod",
-    "lease", "audit_write", "audit_control", "setfcap", "mac_override", "mac_admin", "syslog",
-    "wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf", "checkpoint_restore",
+    "chown",
+    "dac_override",
+    "dac_read_search",
+    "fowner",
+    "fsetid",
+    "kill",
+    "setgid",
+    "setuid",
+    "setpcap",
+    "linux_immutable",
+    "net_broadcast",
+    "net_admin",
+    "net_raw",
+    "ipc_lock",
+    "ipc_owner",
+    "sys_module",
+    "sys_rawio",
+    "sys_chroot",
+    "sys_ptrace",
+    "sys_pacct",
+    "sys_admin",
+    "sys_boot",
+    "sys_nice",
+    "sys_resource",
+    "sys_time",
+    "sys_tty_config",
+    "mknod",
+    "lease",
+    "audit_write",
+    "audit_control",
+    "setfcap",
+    "mac_override",
+    "mac_admin",
+    "syslog",
+    "wake_alarm",
+    "block_suspend",
+    "audit_read",
+    "perfmon",
+    "bpf",
+    "checkpoint_restore",
 );
 
 const PRIVILEGED_CAP_LINES: &[AppArmorLine] = cap_lines!(
-    "dac_read_search", "linux_immutable", "net_broadcast", "net_admin", "ipc_lock", "ipc_owner",
-    "sys_module", "sys_rawio", "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice",
-    "sys_resource", "sys_time", "sys_tty_config", "lease", "audit_control", "mac_override",
-    "mac_admin", "syslog", "wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf",
+    "dac_read_search",
+    "linux_immutable",
+    "net_broadcast",
+    "net_admin",
+    "ipc_lock",
+    "ipc_owner",
+    "sys_module",
+    "sys_rawio",
+    "sys_ptrace",
+    "sys_pacct",
+    "sys_admin",
+    "sys_boot",
+    "sys_nice",
+    "sys_resource",
+    "sys_time",
+    "sys_tty_config",
+    "lease",
+    "audit_control",
+    "mac_override",
+    "mac_admin",
+    "syslog",
+    "wake_alarm",
+    "block_suspend",
+    "audit_read",
+    "perfmon",
+    "bpf",
     "checkpoint_restore",
 );
 
@@ -359,7 +417,11 @@ macro_rules! socket_rule {
             category: Category::AttackProtection,
             summary: $summary,
             apparmor: &[AppArmorLine::Rule($aa)],
-            bpf: &[BpfFragment::Socket { domains: $d, types: $t, protocols: $p }],
+            bpf: &[BpfFragment::Socket {
+                domains: $d,
+                types: $t,
+                protocols: $p,
+            }],
             seccomp: &[],
         }
     };
@@ -1025,8 +1087,14 @@ mod tests {
 
     #[test]
     fn lookup_normalizes_and_resolves_aliases() {
-        assert_eq!(lookup("DISABLE_CAP_NET_RAW").map(|r| r.name), Some("disable-cap-net-raw"));
-        assert_eq!(lookup("disallow-load-ebpf").map(|r| r.name), Some("disallow-load-bpf-prog"));
+        assert_eq!(
+            lookup("DISABLE_CAP_NET_RAW").map(|r| r.name),
+            Some("disable-cap-net-raw")
+        );
+        assert_eq!(
+            lookup("disallow-load-ebpf").map(|r| r.name),
+            Some("disallow-load-bpf-prog")
+        );
         assert_eq!(lookup("disable-ipv4").map(|r| r.name), Some("disable-inet"));
         assert!(lookup("disable-everything").is_none());
     }

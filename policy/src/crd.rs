@@ -14,8 +14,15 @@ pub struct GeneratedCrd {
 }
 
 /// Every CRD of the API, in a stable order.
-pub fn all() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![VarmorPolicy::crd(), VarmorClusterPolicy::crd(), ArmorProfile::crd(), ArmorProfileModel::crd()]
+pub fn all(
+) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    vec![
+        VarmorPolicy::crd(),
+        VarmorClusterPolicy::crd(),
+        ArmorProfile::crd(),
+        ArmorProfileModel::crd(),
+    ]
 }
 
 /// Every CRD rendered as YAML, one file per CRD.

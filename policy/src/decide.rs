@@ -149,25 +149,55 @@ pub struct Verdict {
 
 impl Verdict {
     fn allow_silently() -> Verdict {
-        Verdict { decision: Decision::Allow, event: None, rule: None, matched: Vec::new() }
+        Verdict {
+            decision: Decision::Allow,
+            event: None,
+            rule: None,
+            matched: Vec::new(),
+        }
     }
 }
 
 /// Combines the matching rules (in profile order) into a verdict.
 fn combine(matches: Vec<(RuleAction, &RuleOrigin)>) -> Verdict {
-    let first = |pred: &dyn Fn(RuleAction) -> bool| matches.iter().find(|(a, _)| pred(*a)).map(|(_, o)| (*o).clone());
+    let first = |pred: &dyn Fn(RuleAction) -> bool| {
+        matches
+            .iter()
+            .find(|(a, _)| pred(*a))
+            .map(|(_, o)| (*o).clone())
+    };
     let matched: Vec<RuleOrigin> = matches.iter().map(|(_, o)| (*o).clone()).collect();
     if let Some(rule) = first(&|a| a == RuleAction::DenyAudit) {
-        return Verdict { decision: Decision::Deny, event: Some(EventAction::Denied), rule: Some(rule), matched };
+        return Verdict {
+            decision: Decision::Deny,
+            event: Some(EventAction::Denied),
+            rule: Some(rule),
+            matched,
+        };
     }
     if let Some(rule) = first(&|a| a == RuleAction::Deny) {
-        return Verdict { decision: Decision::Deny, event: None, rule: Some(rule), matched };
+        return Verdict {
+            decision: Decision::Deny,
+            event: None,
+            rule: Some(rule),
+            matched,
+        };
     }
     if let Some(rule) = first(&|a| a == RuleAction::Audit) {
-        return Verdict { decision: Decision::Allow, event: Some(EventAction::Audit), rule: Some(rule), matched };
+        return Verdict {
+            decision: Decision::Allow,
+            event: Some(EventAction::Audit),
+            rule: Some(rule),
+            matched,
+        };
     }
     if let Some(rule) = first(&|a| a == RuleAction::Complain) {
-        return Verdict { decision: Decision::Allow, event: Some(EventAction::Allowed), rule: Some(rule), matched };
+        return Verdict {
+            decision: Decision::Allow,
+            event: Some(EventAction::Allowed),
+            rule: Some(rule),
+            matched,
+        };
     }
     Verdict::allow_silently()
 }
@@ -226,7 +256,12 @@ fn pattern_matches(pattern: &str, input: &str) -> bool {
 /// The reference verdict: goes through every rule.
 pub fn decide(profile: &BpfProfile, access: &Access) -> Verdict {
     if profile.mode == BpfMode::Complain {
-        return Verdict { decision: Decision::Allow, event: Some(EventAction::Allowed), rule: None, matched: Vec::new() };
+        return Verdict {
+            decision: Decision::Allow,
+            event: Some(EventAction::Allowed),
+            rule: None,
+            matched: Vec::new(),
+        };
     }
     let mut m: Vec<(RuleAction, &RuleOrigin)> = Vec::new();
     match access {
@@ -251,7 +286,11 @@ pub fn decide(profile: &BpfProfile, access: &Access) -> Verdict {
                 }
             }
         }
-        Access::Socket { domain, type_, protocol } => {
+        Access::Socket {
+            domain,
+            type_,
+            protocol,
+        } => {
             let t = socket_type(*type_);
             let p = effective_protocol(*domain, *type_, *protocol);
             let bit = |mask: u64, v: u32| mask == 0 || (v < 64 && mask & (1u64 << v) != 0);
@@ -261,15 +300,26 @@ pub fn decide(profile: &BpfProfile, access: &Access) -> Verdict {
                 }
             }
         }
-        Access::Connect { address, port, pod_addresses } => {
+        Access::Connect {
+            address,
+            port,
+            pod_addresses,
+        } => {
             for r in &profile.egress {
-                let port_ok = r.ports.is_empty() || r.ports.iter().any(|pr| pr.first <= *port && *port <= pr.last);
+                let port_ok = r.ports.is_empty()
+                    || r.ports
+                        .iter()
+                        .any(|pr| pr.first <= *port && *port <= pr.last);
                 if port_ok && address_matches(&r.address, *address, pod_addresses) {
                     m.push((r.action, &r.origin));
                 }
             }
         }
-        Access::Ptrace { permission, external, peer_is_host } => {
+        Access::Ptrace {
+            permission,
+            external,
+            peer_is_host,
+        } => {
             let traced_side = permission & (ptrace::TRACEBY | ptrace::READBY) != 0;
             if !(traced_side && *peer_is_host) {
                 for r in &profile.ptrace {
@@ -279,19 +329,33 @@ pub fn decide(profile: &BpfProfile, access: &Access) -> Verdict {
                 }
             }
         }
-        Access::Mount { source, fstype, flags } => {
+        Access::Mount {
+            source,
+            fstype,
+            flags,
+        } => {
             let fs = effective_fstype(fstype, *flags);
             for r in &profile.mounts {
                 let flags_ok = flags & r.flags != 0 || !flags & r.reverse_flags != 0;
-                if flags_ok && (r.fstype == "*" || r.fstype == fs) && pattern_matches(&r.source, source) {
+                if flags_ok
+                    && (r.fstype == "*" || r.fstype == fs)
+                    && pattern_matches(&r.source, source)
+                {
                     m.push((r.action, &r.origin));
                 }
             }
         }
         Access::Umount { path } | Access::MoveMount { path } => {
-            let flag = if matches!(access, Access::Umount { .. }) { mount::UMOUNT } else { mount::MOVE };
+            let flag = if matches!(access, Access::Umount { .. }) {
+                mount::UMOUNT
+            } else {
+                mount::MOVE
+            };
             for r in &profile.mounts {
-                if r.flags & flag != 0 && (r.fstype == "*" || r.fstype == "none") && pattern_matches(&r.source, path) {
+                if r.flags & flag != 0
+                    && (r.fstype == "*" || r.fstype == "none")
+                    && pattern_matches(&r.source, path)
+                {
                     m.push((r.action, &r.origin));
                 }
             }
@@ -304,7 +368,10 @@ pub fn decide(profile: &BpfProfile, access: &Access) -> Verdict {
 /// automaton and read the verdict masks; mount accesses walk the mount automaton and check only
 /// the rules of the match set. Other accesses are the same as [`decide`]. Only the decision
 /// and the event are compared with [`decide`] (the tables do not say which rule decided).
-pub fn decide_with_tables(profile: &BpfProfile, access: &Access) -> (Decision, Option<EventAction>) {
+pub fn decide_with_tables(
+    profile: &BpfProfile,
+    access: &Access,
+) -> (Decision, Option<EventAction>) {
     if profile.mode == BpfMode::Complain {
         return (Decision::Allow, Some(EventAction::Allowed));
     }
@@ -333,20 +400,31 @@ pub fn decide_with_tables(profile: &BpfProfile, access: &Access) -> (Decision, O
     match access {
         Access::File { path, permissions } => path_verdict(path, *permissions),
         Access::Exec { path } => path_verdict(path, perm::EXEC),
-        Access::Mount { source, fstype, flags } => {
+        Access::Mount {
+            source,
+            fstype,
+            flags,
+        } => {
             let fs = effective_fstype(fstype, *flags);
             let rules = profile.mount_automaton.run(source.as_bytes());
             let m = rules
                 .iter()
                 .map(|&i| &profile.mounts[i as usize])
-                .filter(|r| (flags & r.flags != 0 || !flags & r.reverse_flags != 0) && (r.fstype == "*" || r.fstype == fs))
+                .filter(|r| {
+                    (flags & r.flags != 0 || !flags & r.reverse_flags != 0)
+                        && (r.fstype == "*" || r.fstype == fs)
+                })
                 .map(|r| (r.action, &r.origin))
                 .collect();
             let v = combine(m);
             (v.decision, v.event)
         }
         Access::Umount { path } | Access::MoveMount { path } => {
-            let flag = if matches!(access, Access::Umount { .. }) { mount::UMOUNT } else { mount::MOVE };
+            let flag = if matches!(access, Access::Umount { .. }) {
+                mount::UMOUNT
+            } else {
+                mount::MOVE
+            };
             let rules = profile.mount_automaton.run(path.as_bytes());
             let m = rules
                 .iter()

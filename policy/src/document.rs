@@ -127,20 +127,33 @@ fn doc_path(index: usize, path: &str) -> String {
 pub fn parse_value(value: Value) -> Result<PolicyDocument, FieldErrors> {
     let mut errs = FieldErrors::new();
     let Some(obj) = value.as_object() else {
-        errs.push("document", format!("expected a mapping, found {}", kind_of(&value)));
+        errs.push(
+            "document",
+            format!("expected a mapping, found {}", kind_of(&value)),
+        );
         return Err(errs);
     };
     match obj.get("apiVersion").and_then(Value::as_str) {
         Some(API_VERSION) => {}
-        Some(other) => errs.push("apiVersion", format!("unsupported value {other:?}; must be {API_VERSION:?}")),
+        Some(other) => errs.push(
+            "apiVersion",
+            format!("unsupported value {other:?}; must be {API_VERSION:?}"),
+        ),
         None => errs.push("apiVersion", "required field is missing"),
     }
     let kinds = ["VarmorPolicy", "VarmorClusterPolicy"];
     let kind = match obj.get("kind").and_then(Value::as_str) {
         Some(k) if kinds.contains(&k) => k,
         Some(other) => {
-            let hint = suggest(other, kinds).map(|s| format!("; did you mean {s:?}?")).unwrap_or_default();
-            errs.push("kind", format!("unsupported kind {other:?}; must be VarmorPolicy or VarmorClusterPolicy{hint}"));
+            let hint = suggest(other, kinds)
+                .map(|s| format!("; did you mean {s:?}?"))
+                .unwrap_or_default();
+            errs.push(
+                "kind",
+                format!(
+                    "unsupported kind {other:?}; must be VarmorPolicy or VarmorClusterPolicy{hint}"
+                ),
+            );
             return Err(errs);
         }
         None => {
@@ -148,14 +161,19 @@ pub fn parse_value(value: Value) -> Result<PolicyDocument, FieldErrors> {
             return Err(errs);
         }
     };
-    let schema = if kind == "VarmorPolicy" { policy_schema() } else { cluster_policy_schema() };
+    let schema = if kind == "VarmorPolicy" {
+        policy_schema()
+    } else {
+        cluster_policy_schema()
+    };
     check_root(obj, schema, &mut errs);
     check_metadata(obj, kind, &mut errs);
     if !errs.is_empty() {
         return Err(errs);
     }
     let typed = if kind == "VarmorPolicy" {
-        serde_path_to_error::deserialize::<_, VarmorPolicy>(value).map(|p| PolicyDocument::Namespaced(Box::new(p)))
+        serde_path_to_error::deserialize::<_, VarmorPolicy>(value)
+            .map(|p| PolicyDocument::Namespaced(Box::new(p)))
     } else {
         serde_path_to_error::deserialize::<_, VarmorClusterPolicy>(value)
             .map(|p| PolicyDocument::Cluster(Box::new(p)))
@@ -173,7 +191,10 @@ fn check_metadata(obj: &Map<String, Value>, kind: &str, errs: &mut FieldErrors) 
         return;
     };
     let Some(meta) = meta.as_object() else {
-        errs.push("metadata", format!("expected a mapping, found {}", kind_of(meta)));
+        errs.push(
+            "metadata",
+            format!("expected a mapping, found {}", kind_of(meta)),
+        );
         return;
     };
     match meta.get("name").and_then(Value::as_str) {
@@ -192,13 +213,19 @@ fn check_metadata(obj: &Map<String, Value>, kind: &str, errs: &mut FieldErrors) 
                 }
             }
             Some(_) => {}
-            None => errs.push("metadata.namespace", format!("expected a string, found {}", kind_of(ns))),
+            None => errs.push(
+                "metadata.namespace",
+                format!("expected a string, found {}", kind_of(ns)),
+            ),
         }
     }
     // Profile name length (vArmor's limit): varmor-{ns}-{name} / varmor-cluster-{ns}-{name}.
     if let Some(name) = meta.get("name").and_then(Value::as_str) {
         let identity = if kind == "VarmorPolicy" {
-            let ns = meta.get("namespace").and_then(Value::as_str).unwrap_or(DEFAULT_NAMESPACE);
+            let ns = meta
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(DEFAULT_NAMESPACE);
             PolicyIdentity::namespaced(ns, name)
         } else {
             PolicyIdentity::cluster(DEFAULT_VARMOR_NAMESPACE, name)
@@ -223,7 +250,9 @@ pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
     }
     let ok = s.split('.').all(|label| {
         !label.is_empty()
-            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     });
@@ -292,7 +321,12 @@ pub fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn unknown_field(path: &str, key: &str, props: Option<&Map<String, Value>>, errs: &mut FieldErrors) {
+fn unknown_field(
+    path: &str,
+    key: &str,
+    props: Option<&Map<String, Value>>,
+    errs: &mut FieldErrors,
+) {
     let hint = props
         .and_then(|p| suggest(key, p.keys().map(String::as_str)))
         .map(|s| format!("; did you mean {s:?}?"))
@@ -329,9 +363,16 @@ fn check_value(value: &Value, schema: &Value, path: &str, errs: &mut FieldErrors
         }
         return;
     }
-    if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         if !(value.is_string() || value.is_i64() || value.is_u64()) {
-            errs.push(path, format!("expected an integer or a string, found {}", kind_of(value)));
+            errs.push(
+                path,
+                format!("expected an integer or a string, found {}", kind_of(value)),
+            );
         }
         return;
     }
@@ -339,10 +380,16 @@ fn check_value(value: &Value, schema: &Value, path: &str, errs: &mut FieldErrors
     match ty {
         Some("object") => {
             let Some(obj) = value.as_object() else {
-                errs.push(path, format!("expected a mapping, found {}", kind_of(value)));
+                errs.push(
+                    path,
+                    format!("expected a mapping, found {}", kind_of(value)),
+                );
                 return;
             };
-            if schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true)
+            if schema
+                .get("x-kubernetes-preserve-unknown-fields")
+                .and_then(Value::as_bool)
+                == Some(true)
                 && schema.get("properties").is_none()
             {
                 return;
@@ -385,22 +432,40 @@ fn check_value(value: &Value, schema: &Value, path: &str, errs: &mut FieldErrors
                         .unwrap_or_default();
                     errs.push(
                         path,
-                        format!("unsupported value {s:?}; must be one of {}{hint}", allowed.join(", ")),
+                        format!(
+                            "unsupported value {s:?}; must be one of {}{hint}",
+                            allowed.join(", ")
+                        ),
                     );
                 }
             }
         }
         Some("boolean") if !value.is_boolean() => {
-            errs.push(path, format!("expected a boolean, found {}", kind_of(value)));
+            errs.push(
+                path,
+                format!("expected a boolean, found {}", kind_of(value)),
+            );
         }
         Some("integer") => {
-            let n = value.as_i64().map(i128::from).or_else(|| value.as_u64().map(i128::from));
+            let n = value
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| value.as_u64().map(i128::from));
             let Some(n) = n else {
-                errs.push(path, format!("expected an integer, found {}", kind_of(value)));
+                errs.push(
+                    path,
+                    format!("expected an integer, found {}", kind_of(value)),
+                );
                 return;
             };
-            let min = schema.get("minimum").and_then(Value::as_f64).map(|f| f as i128);
-            let max = schema.get("maximum").and_then(Value::as_f64).map(|f| f as i128);
+            let min = schema
+                .get("minimum")
+                .and_then(Value::as_f64)
+                .map(|f| f as i128);
+            let max = schema
+                .get("maximum")
+                .and_then(Value::as_f64)
+                .map(|f| f as i128);
             let out = min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m);
             if out {
                 let range = match (min, max) {
@@ -464,24 +529,43 @@ spec:
             .replace("kind: Deployment", "kind: Deploymnt")
             .replace("hardeningRules", "hardeningRule")
             .replace("port: 80", "port: 70000")
-            .replace("mode: EnhanceProtect", "mode: EnhanceProtect\n    privileged: yes");
-        let errs = parse_documents(&bad).into_iter().next().expect("one").expect_err("invalid");
+            .replace(
+                "mode: EnhanceProtect",
+                "mode: EnhanceProtect\n    privileged: yes",
+            );
+        let errs = parse_documents(&bad)
+            .into_iter()
+            .next()
+            .expect("one")
+            .expect_err("invalid");
         let text = errs.to_string();
-        assert!(text.contains("spec.target.kind: unsupported value \"Deploymnt\""), "{text}");
+        assert!(
+            text.contains("spec.target.kind: unsupported value \"Deploymnt\""),
+            "{text}"
+        );
         assert!(text.contains("did you mean \"Deployment\""), "{text}");
-        assert!(text.contains("spec.policy.enhanceProtect.hardeningRule: unknown field"), "{text}");
+        assert!(
+            text.contains("spec.policy.enhanceProtect.hardeningRule: unknown field"),
+            "{text}"
+        );
         assert!(text.contains("did you mean \"hardeningRules\""), "{text}");
         assert!(
             text.contains("spec.policy.enhanceProtect.bpfRawRules.network.egress.toDestinations[0].ports[0].port: must be between 1 and 65535"),
             "{text}"
         );
-        assert!(text.contains("spec.policy.privileged: unknown field"), "{text}");
+        assert!(
+            text.contains("spec.policy.privileged: unknown field"),
+            "{text}"
+        );
         assert_eq!(errs.len(), 4, "{text}");
     }
 
     #[test]
     fn multi_document_paths_name_the_document() {
-        let text = format!("{GOOD}\n---\n{}", GOOD.replace("name: demo\n", "name: Bad_Name\n"));
+        let text = format!(
+            "{GOOD}\n---\n{}",
+            GOOD.replace("name: demo\n", "name: Bad_Name\n")
+        );
         let docs = parse_documents(&text);
         assert_eq!(docs.len(), 2);
         let errs = docs[1].clone().expect_err("second is invalid");

@@ -3,7 +3,9 @@
 use std::fmt;
 
 /// A non-empty set of enforcers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct EnforcerSet {
     /// AppArmor LSM.
@@ -27,11 +29,23 @@ pub const ENFORCER_VALUES: [&str; 7] = [
 
 impl EnforcerSet {
     /// AppArmor only.
-    pub const APPARMOR: EnforcerSet = EnforcerSet { apparmor: true, bpf: false, seccomp: false };
+    pub const APPARMOR: EnforcerSet = EnforcerSet {
+        apparmor: true,
+        bpf: false,
+        seccomp: false,
+    };
     /// BPF only.
-    pub const BPF: EnforcerSet = EnforcerSet { apparmor: false, bpf: true, seccomp: false };
+    pub const BPF: EnforcerSet = EnforcerSet {
+        apparmor: false,
+        bpf: true,
+        seccomp: false,
+    };
     /// Seccomp only.
-    pub const SECCOMP: EnforcerSet = EnforcerSet { apparmor: false, bpf: false, seccomp: true };
+    pub const SECCOMP: EnforcerSet = EnforcerSet {
+        apparmor: false,
+        bpf: false,
+        seccomp: true,
+    };
 
     /// Parses an enforcer value as vArmor does: case-insensitively, as a concatenation of
     /// `apparmor`, `bpf` and `seccomp` (so `AppArmorBPF` and `bpfapparmor` are the same set).
@@ -72,7 +86,9 @@ impl EnforcerSet {
 
     /// Whether every enforcer of `other` is in `self`.
     pub fn contains(self, other: EnforcerSet) -> bool {
-        (!other.apparmor || self.apparmor) && (!other.bpf || self.bpf) && (!other.seccomp || self.seccomp)
+        (!other.apparmor || self.apparmor)
+            && (!other.bpf || self.bpf)
+            && (!other.seccomp || self.seccomp)
     }
 
     /// The set as a bit mask (AppArmor 0x1, BPF 0x2, Seccomp 0x4, as vArmor).
@@ -82,7 +98,11 @@ impl EnforcerSet {
 
     /// The set from a bit mask.
     pub fn from_bits(bits: u32) -> EnforcerSet {
-        EnforcerSet { apparmor: bits & 1 != 0, bpf: bits & 2 != 0, seccomp: bits & 4 != 0 }
+        EnforcerSet {
+            apparmor: bits & 1 != 0,
+            bpf: bits & 2 != 0,
+            seccomp: bits & 4 != 0,
+        }
     }
 
     /// Whether the set is empty.
@@ -119,14 +139,23 @@ mod tests {
             assert_eq!(EnforcerSet::parse(&v.to_lowercase()), Ok(s));
             assert_eq!(EnforcerSet::parse(&v.to_uppercase()), Ok(s));
         }
-        assert_eq!(EnforcerSet::parse("BPFAppArmor").map(|s| s.to_string()).as_deref(), Ok("AppArmorBPF"));
+        assert_eq!(
+            EnforcerSet::parse("BPFAppArmor")
+                .map(|s| s.to_string())
+                .as_deref(),
+            Ok("AppArmorBPF")
+        );
     }
 
     #[test]
     fn rejects_others() {
         assert!(EnforcerSet::parse("").is_err());
         assert!(EnforcerSet::parse("SELinux").is_err());
-        assert!(EnforcerSet::parse("BPFBPF").expect_err("twice").contains("twice"));
-        assert!(EnforcerSet::parse("NetworkProxy").expect_err("np").contains("not supported"));
+        assert!(EnforcerSet::parse("BPFBPF")
+            .expect_err("twice")
+            .contains("twice"));
+        assert!(EnforcerSet::parse("NetworkProxy")
+            .expect_err("np")
+            .contains("not supported"));
     }
 }

@@ -15,7 +15,10 @@ pub struct FieldError {
 impl FieldError {
     /// Creates an error for `path`.
     pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        FieldError { path: path.into(), reason: reason.into() }
+        FieldError {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }
 

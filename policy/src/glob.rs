@@ -80,7 +80,9 @@ impl fmt::Display for PatternError {
 impl std::error::Error for PatternError {}
 
 fn err<T>(reason: impl Into<String>) -> Result<T, PatternError> {
-    Err(PatternError { reason: reason.into() })
+    Err(PatternError {
+        reason: reason.into(),
+    })
 }
 
 impl Pattern {
@@ -102,16 +104,31 @@ impl Pattern {
             return err("AppArmor variables (@{...}) are not supported in BPF patterns");
         }
         let name_only = !source.contains('/');
-        let mut parser = Parser { bytes: source.as_bytes(), pos: 0, depth: 0 };
+        let mut parser = Parser {
+            bytes: source.as_bytes(),
+            pos: 0,
+            depth: 0,
+        };
         let nodes = parser.sequence(false)?;
         if parser.pos != parser.bytes.len() {
-            return err(format!("unexpected '{}' at byte {}", parser.bytes[parser.pos] as char, parser.pos));
+            return err(format!(
+                "unexpected '{}' at byte {}",
+                parser.bytes[parser.pos] as char, parser.pos
+            ));
         }
         if !name_only && !source.starts_with(['/', '*', '{', '[', '?']) {
             return err("a pattern with '/' must be an absolute path (start with '/')");
         }
-        let nodes = if name_only { demote_double_star(nodes) } else { nodes };
-        Ok(Pattern { source: source.to_string(), nodes, name_only })
+        let nodes = if name_only {
+            demote_double_star(nodes)
+        } else {
+            nodes
+        };
+        Ok(Pattern {
+            source: source.to_string(),
+            nodes,
+            name_only,
+        })
     }
 
     /// The pattern as written.
@@ -139,10 +156,15 @@ impl Pattern {
         if self.name_only {
             // The last component: everything after the last '/'.
             let start = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
-            let cont: Vec<&[Node]> = Vec::new();
-            return match_seq(&self.nodes, &path[start..], &cont);
+            return Matcher {
+                failed: Default::default(),
+            }
+            .seq(&self.nodes, &path[start..], &[]);
         }
-        match_seq(&self.nodes, path, &[])
+        Matcher {
+            failed: Default::default(),
+        }
+        .seq(&self.nodes, path, &[])
     }
 }
 
@@ -269,7 +291,8 @@ impl Parser<'_> {
                 self.pos += 1;
             }
             let mut hi = b;
-            if self.peek() == Some(b'-') && self.bytes.get(self.pos + 1).is_some_and(|&c| c != b']') {
+            if self.peek() == Some(b'-') && self.bytes.get(self.pos + 1).is_some_and(|&c| c != b']')
+            {
                 self.pos += 1;
                 let mut c = self.bytes[self.pos];
                 self.pos += 1;
@@ -303,41 +326,75 @@ fn class_matches(negated: bool, ranges: &[(u8, u8)], b: u8) -> bool {
     }
 }
 
-/// Matches `nodes` followed by the continuation stack `cont` (innermost last) against `s`.
-fn match_seq(nodes: &[Node], s: &[u8], cont: &[&[Node]]) -> bool {
-    let Some((first, rest)) = nodes.split_first() else {
-        return match cont.split_last() {
-            None => s.is_empty(),
-            Some((next, outer)) => match_seq(next, s, outer),
+/// A backtracking matcher that remembers the (pattern position, input position) pairs that
+/// failed, so patterns with several `*`/`**` stay polynomial. A pattern position is the node
+/// slice plus the stack of continuations after enclosing alternations, all identified by
+/// address and length (they all point into the one parsed pattern).
+struct Matcher {
+    failed: std::collections::HashSet<(Vec<(usize, usize)>, usize)>,
+}
+
+type Key = Vec<(usize, usize)>;
+
+fn key(nodes: &[Node], cont: &[&[Node]]) -> Key {
+    let mut k: Key = cont
+        .iter()
+        .map(|c| (c.as_ptr() as usize, c.len()))
+        .collect();
+    k.push((nodes.as_ptr() as usize, nodes.len()));
+    k
+}
+
+impl Matcher {
+    /// Matches `nodes` followed by the continuation stack `cont` (innermost last) against `s`.
+    fn seq(&mut self, nodes: &[Node], s: &[u8], cont: &[&[Node]]) -> bool {
+        let memo = (key(nodes, cont), s.len());
+        if self.failed.contains(&memo) {
+            return false;
+        }
+        let matched = self.step(nodes, s, cont);
+        if !matched {
+            self.failed.insert(memo);
+        }
+        matched
+    }
+
+    fn step(&mut self, nodes: &[Node], s: &[u8], cont: &[&[Node]]) -> bool {
+        let Some((first, rest)) = nodes.split_first() else {
+            return match cont.split_last() {
+                None => s.is_empty(),
+                Some((next, outer)) => self.seq(next, s, outer),
+            };
         };
-    };
-    match first {
-        Node::Byte(b) => s.first() == Some(b) && match_seq(rest, &s[1..], cont),
-        Node::Any => s.first().is_some_and(|&c| c != b'/') && match_seq(rest, &s[1..], cont),
-        Node::Class { negated, ranges } => {
-            s.first().is_some_and(|&c| class_matches(*negated, ranges, c))
-                && match_seq(rest, &s[1..], cont)
-        }
-        Node::Star => {
-            let max = s.iter().position(|&c| c == b'/').unwrap_or(s.len());
-            (0..=max).any(|k| match_seq(rest, &s[k..], cont))
-        }
-        Node::DoubleStar => (0..=s.len()).any(|k| match_seq(rest, &s[k..], cont)),
-        Node::DeepDir => {
-            // '/' then zero or more bytes ending in '/', i.e. '/' alone or '/' ... '/'.
-            if s.first() != Some(&b'/') {
-                return false;
+        match first {
+            Node::Byte(b) => s.first() == Some(b) && self.seq(rest, &s[1..], cont),
+            Node::Any => s.first().is_some_and(|&c| c != b'/') && self.seq(rest, &s[1..], cont),
+            Node::Class { negated, ranges } => {
+                s.first()
+                    .is_some_and(|&c| class_matches(*negated, ranges, c))
+                    && self.seq(rest, &s[1..], cont)
             }
-            if match_seq(rest, &s[1..], cont) {
-                return true;
+            Node::Star => {
+                let max = s.iter().position(|&c| c == b'/').unwrap_or(s.len());
+                (0..=max).any(|k| self.seq(rest, &s[k..], cont))
             }
-            (1..s.len()).any(|k| s[k] == b'/' && match_seq(rest, &s[k + 1..], cont))
+            Node::DoubleStar => (0..=s.len()).any(|k| self.seq(rest, &s[k..], cont)),
+            Node::DeepDir => {
+                // '/' then zero or more bytes ending in '/', i.e. '/' alone or '/' ... '/'.
+                if s.first() != Some(&b'/') {
+                    return false;
+                }
+                if self.seq(rest, &s[1..], cont) {
+                    return true;
+                }
+                (1..s.len()).any(|k| s[k] == b'/' && self.seq(rest, &s[k + 1..], cont))
+            }
+            Node::Alt(alts) => alts.iter().any(|alt| {
+                let mut stack: Vec<&[Node]> = cont.to_vec();
+                stack.push(rest);
+                self.seq(alt, s, &stack)
+            }),
         }
-        Node::Alt(alts) => alts.iter().any(|alt| {
-            let mut stack: Vec<&[Node]> = cont.to_vec();
-            stack.push(rest);
-            match_seq(alt, s, &stack)
-        }),
     }
 }
 
@@ -370,7 +427,10 @@ mod tests {
         assert!(!m("/tmp/**", "/tmp"));
         assert!(m("/proc/**/mem", "/proc/1/mem"));
         assert!(m("/proc/**/mem", "/proc/1/task/2/mem"));
-        assert!(m("/sys/fs/cgroup/**/release_agent", "/sys/fs/cgroup/release_agent"));
+        assert!(m(
+            "/sys/fs/cgroup/**/release_agent",
+            "/sys/fs/cgroup/release_agent"
+        ));
         assert!(m("**", "/anything/at/all"));
     }
 
@@ -429,7 +489,10 @@ mod tests {
             assert!(e.reason.contains(why), "{p}: {}", e.reason);
         }
         let long = format!("/{}", "a".repeat(128));
-        assert!(Pattern::parse(&long).expect_err("long").reason.contains("limit is 128"));
+        assert!(Pattern::parse(&long)
+            .expect_err("long")
+            .reason
+            .contains("limit is 128"));
         assert!(Pattern::parse(&format!("/{}", "a".repeat(127))).is_ok());
     }
 }

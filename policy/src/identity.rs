@@ -39,7 +39,11 @@ pub struct PolicyIdentity {
 impl PolicyIdentity {
     /// A namespaced policy.
     pub fn namespaced(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        PolicyIdentity { kind: PolicyKind::VarmorPolicy, namespace: namespace.into(), name: name.into() }
+        PolicyIdentity {
+            kind: PolicyKind::VarmorPolicy,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     /// A cluster policy; `varmor_namespace` is where vArmor runs (`varmor` by default).
@@ -56,7 +60,9 @@ impl PolicyIdentity {
     pub fn profile_name(&self) -> String {
         match self.kind {
             PolicyKind::VarmorPolicy => format!("varmor-{}-{}", self.namespace, self.name),
-            PolicyKind::VarmorClusterPolicy => format!("varmor-cluster-{}-{}", self.namespace, self.name),
+            PolicyKind::VarmorClusterPolicy => {
+                format!("varmor-cluster-{}-{}", self.namespace, self.name)
+            }
         }
         .to_ascii_lowercase()
     }
@@ -89,7 +95,10 @@ impl NodeFacts {
     pub fn disk_device_names(&self) -> Vec<String> {
         match &self.disk_devices {
             Some(d) => d.clone(),
-            None => DEFAULT_DISK_DEVICE_PATTERNS.iter().map(|s| s.to_string()).collect(),
+            None => DEFAULT_DISK_DEVICE_PATTERNS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 
@@ -99,7 +108,10 @@ impl NodeFacts {
             .skip_while(|l| !l.trim_start().starts_with("major"))
             .skip(1)
             .filter_map(|l| l.split_whitespace().nth(3))
-            .filter(|name| name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            .filter(|name| {
+                name.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
             .map(str::to_string)
             .collect()
     }
@@ -111,13 +123,22 @@ mod tests {
 
     #[test]
     fn profile_names() {
-        assert_eq!(PolicyIdentity::namespaced("demo", "web").profile_name(), "varmor-demo-web");
-        assert_eq!(PolicyIdentity::cluster("varmor", "Demo").profile_name(), "varmor-cluster-varmor-demo");
+        assert_eq!(
+            PolicyIdentity::namespaced("demo", "web").profile_name(),
+            "varmor-demo-web"
+        );
+        assert_eq!(
+            PolicyIdentity::cluster("varmor", "Demo").profile_name(),
+            "varmor-cluster-varmor-demo"
+        );
     }
 
     #[test]
     fn proc_partitions() {
         let text = "major minor  #blocks  name\n\n 254        0   52428800 vda\n 254        1   52427759 vda1\n   7        0      1024 loop0\n";
-        assert_eq!(NodeFacts::parse_proc_partitions(text), ["vda", "vda1", "loop0"]);
+        assert_eq!(
+            NodeFacts::parse_proc_partitions(text),
+            ["vda", "vda1", "loop0"]
+        );
     }
 }

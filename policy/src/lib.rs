@@ -4,18 +4,18 @@
 //! The crate is pure: no async runtime, no network, no file-system writes.
 
 pub mod api;
-pub mod crd;
 pub mod automaton;
-pub mod glob;
-pub mod names;
-mod serde_tables;
+pub mod bundle;
 pub mod catalog;
+pub mod compile;
+pub mod crd;
 pub mod document;
 pub mod enforcer;
 pub mod error;
+pub mod glob;
 pub mod identity;
-pub mod bundle;
-pub mod compile;
+pub mod names;
+mod serde_tables;
 pub mod validate;
 
 pub use bundle::ProfileBundle;

@@ -35,8 +35,13 @@ pub mod u32s {
         let text = String::deserialize(d)?;
         let bytes = STANDARD.decode(text).map_err(D::Error::custom)?;
         if bytes.len() % 4 != 0 {
-            return Err(D::Error::custom("table length is not a multiple of 4 bytes"));
+            return Err(D::Error::custom(
+                "table length is not a multiple of 4 bytes",
+            ));
         }
-        Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 }

@@ -26,18 +26,35 @@ fn committed_crds_match_the_types() {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if !expected.contains(&name.as_str()) {
-                stale.push(format!("{} is not generated from the types; remove it", e.path().display()));
+                stale.push(format!(
+                    "{} is not generated from the types; remove it",
+                    e.path().display()
+                ));
             }
         }
     }
-    assert!(stale.is_empty(), "run `make generate` (or UPDATE_GOLDEN=1 cargo test -p varmor-policy --test crd):\n{}", stale.join("\n"));
+    assert!(
+        stale.is_empty(),
+        "run `make generate` (or UPDATE_GOLDEN=1 cargo test -p varmor-policy --test crd):\n{}",
+        stale.join("\n")
+    );
 }
 
 #[test]
 fn crds_name_the_kinds_and_short_names() {
     let rendered = varmor_policy::crd::render().expect("render CRDs");
     let all: String = rendered.iter().map(|c| c.yaml.as_str()).collect();
-    for needle in ["kind: VarmorPolicy", "kind: VarmorClusterPolicy", "kind: ArmorProfile", "kind: ArmorProfileModel", "- vpol", "- vcpol", "scope: Cluster", "group: crd.varmor.org", "name: v1beta1"] {
+    for needle in [
+        "kind: VarmorPolicy",
+        "kind: VarmorClusterPolicy",
+        "kind: ArmorProfile",
+        "kind: ArmorProfileModel",
+        "- vpol",
+        "- vcpol",
+        "scope: Cluster",
+        "group: crd.varmor.org",
+        "name: v1beta1",
+    ] {
         assert!(all.contains(needle), "missing {needle:?}");
     }
 }

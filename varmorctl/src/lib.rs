@@ -10,18 +10,22 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use varmor_policy::api::{ArmorProfileModel, ModelProfiles, PolicyMode, ProfileType};
 use varmor_policy::bundle::{ProfileBundle, SeccompProfile};
 use varmor_policy::catalog::{self, Category};
 use varmor_policy::decide::{decide, Access, Decision};
 use varmor_policy::document::{PolicyDocument, DEFAULT_VARMOR_NAMESPACE};
 use varmor_policy::enforcer::EnforcerSet;
 use varmor_policy::names;
-use varmor_policy::api::{ArmorProfileModel, ModelProfiles, PolicyMode, ProfileType};
 use varmor_policy::{compile_with_model, parse_documents, validate, FieldErrors, NodeFacts};
 
 /// Command line of `varmorctl`.
 #[derive(Debug, Parser)]
-#[command(name = "varmorctl", version, about = "Validate, compile and explain vArmor policies")]
+#[command(
+    name = "varmorctl",
+    version,
+    about = "Validate, compile and explain vArmor policies"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,14 +94,18 @@ struct CompileOptions {
 
 impl CompileOptions {
     fn facts(&self) -> NodeFacts {
-        NodeFacts { disk_devices: self.disk_devices.clone() }
+        NodeFacts {
+            disk_devices: self.disk_devices.clone(),
+        }
     }
 
     fn model(&self) -> Result<Option<ModelProfiles>> {
-        let Some(path) = &self.model else { return Ok(None) };
+        let Some(path) = &self.model else {
+            return Ok(None);
+        };
         let text = read(path)?;
-        let model: ArmorProfileModel =
-            serde_yaml::from_str(&text).with_context(|| format!("{} is not an ArmorProfileModel", path.display()))?;
+        let model: ArmorProfileModel = serde_yaml::from_str(&text)
+            .with_context(|| format!("{} is not an ArmorProfileModel", path.display()))?;
         Ok(Some(model.spec.data.profile))
     }
 }
@@ -107,8 +115,12 @@ fn uses_behavior_model(doc: &PolicyDocument) -> bool {
     let spec = doc.spec();
     spec.policy.mode == PolicyMode::DefenseInDepth
         && spec.policy.defense_in_depth.as_ref().is_some_and(|d| {
-            d.app_armor.as_ref().is_some_and(|a| a.profile_type == ProfileType::BehaviorModel)
-                || d.seccomp.as_ref().is_some_and(|s| s.profile_type == ProfileType::BehaviorModel)
+            d.app_armor
+                .as_ref()
+                .is_some_and(|a| a.profile_type == ProfileType::BehaviorModel)
+                || d.seccomp
+                    .as_ref()
+                    .is_some_and(|s| s.profile_type == ProfileType::BehaviorModel)
         })
 }
 
@@ -206,10 +218,16 @@ struct ExplainArgs {
 /// Runs a command line; returns the exit code. Errors are printed to `err`.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let result = match cli.command {
-        Command::Policy(PolicyCommand::Validate { files, compile }) => validate_files(&files, &compile, out, err),
-        Command::Policy(PolicyCommand::Compile { file, enforcer, output, name, compile }) => {
-            compile_file(&file, enforcer, output, name.as_deref(), &compile, out)
+        Command::Policy(PolicyCommand::Validate { files, compile }) => {
+            validate_files(&files, &compile, out, err)
         }
+        Command::Policy(PolicyCommand::Compile {
+            file,
+            enforcer,
+            output,
+            name,
+            compile,
+        }) => compile_file(&file, enforcer, output, name.as_deref(), &compile, out),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&args, out),
         Command::Rules => list_rules(out),
         Command::Crd { out: dir } => crds(dir.as_deref(), out),
@@ -260,7 +278,12 @@ fn check_document(
     Ok((bundle, warnings))
 }
 
-fn validate_files(files: &[PathBuf], opts: &CompileOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
+fn validate_files(
+    files: &[PathBuf],
+    opts: &CompileOptions,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32> {
     let model = opts.model()?;
     let mut failed = false;
     for file in files {
@@ -278,10 +301,15 @@ fn validate_files(files: &[PathBuf], opts: &CompileOptions, out: &mut dyn Write,
             failed = true;
         }
         for doc in docs {
-            let checked = doc.and_then(|d| check_document(&d, opts, model.as_ref(), true).map(|(b, w)| (d, b, w)));
+            let checked = doc.and_then(|d| {
+                check_document(&d, opts, model.as_ref(), true).map(|(b, w)| (d, b, w))
+            });
             match checked {
                 Ok((doc, bundle, warnings)) => {
-                    let scope = doc.namespace().map(|ns| format!("{ns}/")).unwrap_or_default();
+                    let scope = doc
+                        .namespace()
+                        .map(|ns| format!("{ns}/"))
+                        .unwrap_or_default();
                     writeln!(
                         out,
                         "{}: {} {scope}{} is valid (profile {}, enforcer {}, mode {})",
@@ -309,7 +337,11 @@ fn validate_files(files: &[PathBuf], opts: &CompileOptions, out: &mut dyn Write,
 }
 
 /// The one document of `file` (or the one named `name`), checked and compiled.
-fn load_one(file: &Path, name: Option<&str>, opts: &CompileOptions) -> Result<(PolicyDocument, ProfileBundle)> {
+fn load_one(
+    file: &Path,
+    name: Option<&str>,
+    opts: &CompileOptions,
+) -> Result<(PolicyDocument, ProfileBundle)> {
     let text = read(file)?;
     let mut docs = Vec::new();
     for d in parse_documents(&text) {
@@ -325,7 +357,11 @@ fn load_one(file: &Path, name: Option<&str>, opts: &CompileOptions) -> Result<(P
             .ok_or_else(|| anyhow!("{} has no policy named {n:?}", file.display()))?,
         None if docs.len() == 1 => docs.remove(0),
         None if docs.is_empty() => bail!("{} holds no policy", file.display()),
-        None => bail!("{} holds {} policies; choose one with --name", file.display(), docs.len()),
+        None => bail!(
+            "{} holds {} policies; choose one with --name",
+            file.display(),
+            docs.len()
+        ),
     };
     let model = opts.model()?;
     let (bundle, _) = check_document(&doc, opts, model.as_ref(), false)
@@ -350,10 +386,19 @@ fn compile_file(
     out: &mut dyn Write,
 ) -> Result<i32> {
     let (doc, bundle) = load_one(file, name, opts)?;
-    let missing = |e: &str| anyhow!("policy {:?} does not use the {e} enforcer (enforcer: {})", doc.name(), bundle.enforcers);
+    let missing = |e: &str| {
+        anyhow!(
+            "policy {:?} does not use the {e} enforcer (enforcer: {})",
+            doc.name(),
+            bundle.enforcers
+        )
+    };
     match target {
         Target::Apparmor => {
-            let aa = bundle.apparmor.as_ref().ok_or_else(|| missing("AppArmor"))?;
+            let aa = bundle
+                .apparmor
+                .as_ref()
+                .ok_or_else(|| missing("AppArmor"))?;
             write!(out, "{}", aa.text)?;
         }
         Target::Seccomp => match bundle.seccomp.as_ref().ok_or_else(|| missing("Seccomp"))? {
@@ -365,7 +410,11 @@ fn compile_file(
                 structured(&value, format, out)?;
             }
         },
-        Target::Bpf => structured(bundle.bpf.as_ref().ok_or_else(|| missing("BPF"))?, format, out)?,
+        Target::Bpf => structured(
+            bundle.bpf.as_ref().ok_or_else(|| missing("BPF"))?,
+            format,
+            out,
+        )?,
         Target::Bundle => structured(&bundle, format, out)?,
     }
     Ok(0)
@@ -386,32 +435,49 @@ fn parse_access(a: &ExplainArgs) -> Result<Access> {
                 other => bail!("unknown permission {other:?}; use read, write, append, exec, create, rename or link"),
             };
         }
-        return Ok(Access::File { path: path.clone(), permissions });
+        return Ok(Access::File {
+            path: path.clone(),
+            permissions,
+        });
     }
     if let Some(path) = &a.exec {
         return Ok(Access::Exec { path: path.clone() });
     }
     if let Some(cap) = &a.capability {
-        let n = names::capability_number(cap).ok_or_else(|| anyhow!("unknown capability {cap:?}"))?;
+        let n =
+            names::capability_number(cap).ok_or_else(|| anyhow!("unknown capability {cap:?}"))?;
         return Ok(Access::Capability(n));
     }
     if let Some(sock) = &a.socket {
         let mut parts = sock.split(',');
         let domain = parts.next().unwrap_or_default();
-        let domain = names::socket_domain(domain).ok_or_else(|| anyhow!("unknown socket domain {domain:?}"))?;
+        let domain = names::socket_domain(domain)
+            .ok_or_else(|| anyhow!("unknown socket domain {domain:?}"))?;
         let type_ = match parts.next() {
             Some(t) => names::socket_type(t).ok_or_else(|| anyhow!("unknown socket type {t:?}"))?,
             None => 1,
         };
         let protocol = match parts.next() {
-            Some(p) => names::socket_protocol(p).and_then(|v| v.first().copied()).ok_or_else(|| anyhow!("unknown protocol {p:?}"))?,
+            Some(p) => names::socket_protocol(p)
+                .and_then(|v| v.first().copied())
+                .ok_or_else(|| anyhow!("unknown protocol {p:?}"))?,
             None => 0,
         };
-        return Ok(Access::Socket { domain, type_, protocol });
+        return Ok(Access::Socket {
+            domain,
+            type_,
+            protocol,
+        });
     }
     if let Some(dest) = &a.connect {
-        let addr: SocketAddr = dest.parse().with_context(|| format!("--connect {dest:?}: expected IP:PORT or [IPv6]:PORT"))?;
-        return Ok(Access::Connect { address: addr.ip(), port: addr.port(), pod_addresses: a.pod_ip.clone() });
+        let addr: SocketAddr = dest
+            .parse()
+            .with_context(|| format!("--connect {dest:?}: expected IP:PORT or [IPv6]:PORT"))?;
+        return Ok(Access::Connect {
+            address: addr.ip(),
+            port: addr.port(),
+            pod_addresses: a.pod_ip.clone(),
+        });
     }
     if let Some(p) = &a.ptrace {
         let permission = match p.as_str() {
@@ -419,17 +485,28 @@ fn parse_access(a: &ExplainArgs) -> Result<Access> {
             "read" => names::ptrace::READ,
             "traceby" => names::ptrace::TRACEBY,
             "readby" => names::ptrace::READBY,
-            other => bail!("unknown ptrace permission {other:?}; use trace, read, traceby or readby"),
+            other => {
+                bail!("unknown ptrace permission {other:?}; use trace, read, traceby or readby")
+            }
         };
-        return Ok(Access::Ptrace { permission, external: !a.same_container, peer_is_host: a.peer_is_host });
+        return Ok(Access::Ptrace {
+            permission,
+            external: !a.same_container,
+            peer_is_host: a.peer_is_host,
+        });
     }
     if let Some(source) = &a.mount {
         let mut flags = 0;
         for f in &a.flags {
-            let (fwd, _) = names::mount_flag(f).ok_or_else(|| anyhow!("unknown mount flag {f:?}"))?;
+            let (fwd, _) =
+                names::mount_flag(f).ok_or_else(|| anyhow!("unknown mount flag {f:?}"))?;
             flags |= fwd;
         }
-        return Ok(Access::Mount { source: source.clone(), fstype: a.fstype.clone(), flags });
+        return Ok(Access::Mount {
+            source: source.clone(),
+            fstype: a.fstype.clone(),
+            flags,
+        });
     }
     if let Some(path) = &a.umount {
         return Ok(Access::Umount { path: path.clone() });
@@ -450,13 +527,22 @@ fn explain(a: &ExplainArgs, out: &mut dyn Write) -> Result<i32> {
             let mut set = bundle.enforcers;
             set.bpf = true;
             if set == EnforcerSet::default() || spec.policy.mode == PolicyMode::DefenseInDepth {
-                bail!("policy {:?} (mode {}) has no BPF rules to explain", doc.name(), spec.policy.mode);
+                bail!(
+                    "policy {:?} (mode {}) has no BPF rules to explain",
+                    doc.name(),
+                    spec.policy.mode
+                );
             }
             spec.policy.enforcer = "BPF".to_string();
-            let b = compile_with_model(&spec, &doc.identity(&a.compile.varmor_namespace), &a.compile.facts(), None)
-                .map_err(|e| anyhow!("{e}"))?
-                .bpf
-                .ok_or_else(|| anyhow!("no BPF rules"))?;
+            let b = compile_with_model(
+                &spec,
+                &doc.identity(&a.compile.varmor_namespace),
+                &a.compile.facts(),
+                None,
+            )
+            .map_err(|e| anyhow!("{e}"))?
+            .bpf
+            .ok_or_else(|| anyhow!("no BPF rules"))?;
             (
                 b,
                 Some(format!(
@@ -476,13 +562,17 @@ fn explain(a: &ExplainArgs, out: &mut dyn Write) -> Result<i32> {
         Decision::Allow => "ALLOW",
         Decision::Deny => "DENY",
     };
-    let event = verdict.event.map(|e| format!(" ({} event)", e.as_str())).unwrap_or_default();
+    let event = verdict
+        .event
+        .map(|e| format!(" ({} event)", e.as_str()))
+        .unwrap_or_default();
     writeln!(out, "{decision}{event}")?;
     match &verdict.rule {
         Some(rule) => writeln!(out, "decided by: {rule}")?,
-        None if bpf.mode == varmor_policy::bundle::BpfMode::Complain => {
-            writeln!(out, "the profile is in complain mode (BehaviorModeling): nothing is blocked")?
-        }
+        None if bpf.mode == varmor_policy::bundle::BpfMode::Complain => writeln!(
+            out,
+            "the profile is in complain mode (BehaviorModeling): nothing is blocked"
+        )?,
         None => writeln!(out, "no rule matches")?,
     }
     if verdict.matched.len() > 1 {
@@ -498,11 +588,23 @@ fn explain(a: &ExplainArgs, out: &mut dyn Write) -> Result<i32> {
 }
 
 fn list_rules(out: &mut dyn Write) -> Result<i32> {
-    writeln!(out, "{:<44} {:<24} {:<8} {:<4} {:<8} DESCRIPTION", "RULE", "LIST", "APPARMOR", "BPF", "SECCOMP")?;
+    writeln!(
+        out,
+        "{:<44} {:<24} {:<8} {:<4} {:<8} DESCRIPTION",
+        "RULE", "LIST", "APPARMOR", "BPF", "SECCOMP"
+    )?;
     let mark = |b: bool| if b { "yes" } else { "-" };
-    for category in [Category::Hardening, Category::AttackProtection, Category::VulMitigation] {
+    for category in [
+        Category::Hardening,
+        Category::AttackProtection,
+        Category::VulMitigation,
+    ] {
         for r in catalog::all().iter().filter(|r| r.category == category) {
-            let name = if r.aliases.is_empty() { r.name.to_string() } else { format!("{} ({})", r.name, r.aliases.join(", ")) };
+            let name = if r.aliases.is_empty() {
+                r.name.to_string()
+            } else {
+                format!("{} ({})", r.name, r.aliases.join(", "))
+            };
             writeln!(
                 out,
                 "{:<44} {:<24} {:<8} {:<4} {:<8} {}",
@@ -530,10 +632,12 @@ fn crds(dir: Option<&Path>, out: &mut dyn Write) -> Result<i32> {
             }
         }
         Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             for c in rendered {
                 let path = dir.join(&c.file_name);
-                std::fs::write(&path, c.yaml).with_context(|| format!("cannot write {}", path.display()))?;
+                std::fs::write(&path, c.yaml)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
                 writeln!(out, "wrote {}", path.display())?;
             }
         }

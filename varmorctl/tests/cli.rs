@@ -4,11 +4,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
 }
 
 fn varmorctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_varmorctl")).args(args).current_dir(repo()).output().expect("run varmorctl")
+    Command::new(env!("CARGO_BIN_EXE_varmorctl"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run varmorctl")
 }
 
 fn text(b: &[u8]) -> String {
@@ -58,10 +65,18 @@ fn validate_accepts_every_example() {
     assert!(files.len() >= 5);
     args.extend(files.iter().map(String::as_str));
     let out = varmorctl(&args);
-    assert!(out.status.success(), "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let stdout = text(&out.stdout);
     for f in &files {
-        assert!(stdout.contains(&format!("{f}: ")) && stdout.contains("is valid"), "{f} not reported valid:\n{stdout}");
+        assert!(
+            stdout.contains(&format!("{f}: ")) && stdout.contains("is valid"),
+            "{f} not reported valid:\n{stdout}"
+        );
     }
 }
 
@@ -71,14 +86,23 @@ fn validate_reports_every_error_with_its_path() {
     let bad = BPF_POLICY
         .replace("disable-shell", "disable-shel")
         .replace("permissions: [read]", "permissions: [red]")
-        .replace("enforcer: AppArmorBPFSeccomp", "enforcer: AppArmorBPFSELinux");
+        .replace(
+            "enforcer: AppArmorBPFSeccomp",
+            "enforcer: AppArmorBPFSELinux",
+        );
     let f = write(&dir, "bad.yaml", &bad);
     let out = varmorctl(&["policy", "validate", &f]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("spec.policy.enhanceProtect.attackProtectionRules[0].rules[1]"), "{err}");
+    assert!(
+        err.contains("spec.policy.enhanceProtect.attackProtectionRules[0].rules[1]"),
+        "{err}"
+    );
     assert!(err.contains("disable-shell"), "suggestion missing: {err}");
-    assert!(err.contains("spec.policy.enhanceProtect.bpfRawRules.files[0].permissions[0]"), "{err}");
+    assert!(
+        err.contains("spec.policy.enhanceProtect.bpfRawRules.files[0].permissions[0]"),
+        "{err}"
+    );
     assert!(err.contains("spec.policy.enforcer"), "{err}");
     assert_eq!(err.lines().count(), 3, "{err}");
 }
@@ -90,7 +114,10 @@ fn validate_fails_on_unreadable_and_empty_files() {
     let out = varmorctl(&["policy", "validate", "/nonexistent/policy.yaml", &empty]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("/nonexistent/policy.yaml: cannot read"), "{err}");
+    assert!(
+        err.contains("/nonexistent/policy.yaml: cannot read"),
+        "{err}"
+    );
     assert!(err.contains("no policy document found"), "{err}");
 }
 
@@ -101,8 +128,14 @@ fn compile_prints_each_enforcer_output() {
     let aa = varmorctl(&["policy", "compile", &f, "--enforcer", "apparmor"]);
     assert!(aa.status.success(), "{}", text(&aa.stderr));
     let aa = text(&aa.stdout);
-    assert!(aa.contains("profile varmor-demo-web flags=(attach_disconnected,mediate_deleted)"), "{aa}");
-    assert!(aa.contains("audit deny /run/secrets/kubernetes.io/serviceaccount/** r,"), "{aa}");
+    assert!(
+        aa.contains("profile varmor-demo-web flags=(attach_disconnected,mediate_deleted)"),
+        "{aa}"
+    );
+    assert!(
+        aa.contains("audit deny /run/secrets/kubernetes.io/serviceaccount/** r,"),
+        "{aa}"
+    );
 
     let sc = varmorctl(&["policy", "compile", &f, "--enforcer", "seccomp"]);
     assert!(sc.status.success(), "{}", text(&sc.stderr));
@@ -110,7 +143,15 @@ fn compile_prints_each_enforcer_output() {
     assert_eq!(json["defaultAction"], "SCMP_ACT_ALLOW");
     assert!(text(&sc.stdout).contains("splice"));
 
-    let bpf = varmorctl(&["policy", "compile", &f, "--enforcer", "bpf", "--output", "yaml"]);
+    let bpf = varmorctl(&[
+        "policy",
+        "compile",
+        &f,
+        "--enforcer",
+        "bpf",
+        "--output",
+        "yaml",
+    ]);
     assert!(bpf.status.success(), "{}", text(&bpf.stderr));
     let y: serde_yaml::Value = serde_yaml::from_slice(&bpf.stdout).expect("BPF YAML");
     assert_eq!(y["mode"], serde_yaml::Value::from("Enforce"));
@@ -120,50 +161,113 @@ fn compile_prints_each_enforcer_output() {
 #[test]
 fn compile_refuses_an_enforcer_the_policy_does_not_use() {
     let dir = tempfile::tempdir().expect("tmp");
-    let f = write(&dir, "p.yaml", &BPF_POLICY.replace("AppArmorBPFSeccomp", "BPF"));
+    let f = write(
+        &dir,
+        "p.yaml",
+        &BPF_POLICY.replace("AppArmorBPFSeccomp", "BPF"),
+    );
     let out = varmorctl(&["policy", "compile", &f, "--enforcer", "apparmor"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("does not use the AppArmor enforcer"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not use the AppArmor enforcer"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn explain_names_the_deciding_rule() {
     let dir = tempfile::tempdir().expect("tmp");
     let f = write(&dir, "p.yaml", BPF_POLICY);
-    let out = varmorctl(&["policy", "explain", &f, "--path", "/etc/shadow", "--perm", "read"]);
+    let out = varmorctl(&[
+        "policy",
+        "explain",
+        &f,
+        "--path",
+        "/etc/shadow",
+        "--perm",
+        "read",
+    ]);
     let o = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(o.starts_with("DENY (DENIED event)"), "{o}");
-    assert!(o.contains("spec.policy.enhanceProtect.bpfRawRules.files[0]"), "{o}");
+    assert!(
+        o.contains("spec.policy.enhanceProtect.bpfRawRules.files[0]"),
+        "{o}"
+    );
 
     let out = varmorctl(&["policy", "explain", &f, "--path", "/etc/hosts"]);
-    assert!(text(&out.stdout).starts_with("ALLOW"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("ALLOW"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(text(&out.stdout).contains("no rule matches"));
 
     let out = varmorctl(&["policy", "explain", &f, "--capability", "sys_admin"]);
-    assert!(text(&out.stdout).contains("disable-cap-all-except-net-bind-service"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("disable-cap-all-except-net-bind-service"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = varmorctl(&["policy", "explain", &f, "--capability", "net_bind_service"]);
-    assert!(text(&out.stdout).starts_with("ALLOW"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("ALLOW"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let out = varmorctl(&["policy", "explain", &f, "--exec", "/bin/bash"]);
-    assert!(text(&out.stdout).contains("(disable-shell)"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("(disable-shell)"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let out = varmorctl(&["policy", "explain", &f, "--connect", "169.254.169.254:80"]);
-    assert!(text(&out.stdout).contains("block-access-to-metadata-service"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("block-access-to-metadata-service"),
+        "{}",
+        text(&out.stdout)
+    );
 
-    let out = varmorctl(&["policy", "explain", &f, "--socket", "inet,raw,icmp", "--output", "json"]);
+    let out = varmorctl(&[
+        "policy",
+        "explain",
+        &f,
+        "--socket",
+        "inet,raw,icmp",
+        "--output",
+        "json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json verdict");
     assert_eq!(v["decision"], "Allow");
 
-    let out = varmorctl(&["policy", "explain", &f, "--mount", "tmpfs", "--fstype", "tmpfs"]);
-    assert!(text(&out.stdout).contains("decided by: runtimeDefault"), "{}", text(&out.stdout));
+    let out = varmorctl(&[
+        "policy", "explain", &f, "--mount", "tmpfs", "--fstype", "tmpfs",
+    ]);
+    assert!(
+        text(&out.stdout).contains("decided by: runtimeDefault"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
 fn explain_works_for_policies_without_bpf() {
     let dir = tempfile::tempdir().expect("tmp");
-    let f = write(&dir, "p.yaml", &BPF_POLICY.replace("AppArmorBPFSeccomp", "AppArmor"));
-    let out = varmorctl(&["policy", "explain", &f, "--path", "/run/secrets/kubernetes.io/serviceaccount/token"]);
+    let f = write(
+        &dir,
+        "p.yaml",
+        &BPF_POLICY.replace("AppArmorBPFSeccomp", "AppArmor"),
+    );
+    let out = varmorctl(&[
+        "policy",
+        "explain",
+        &f,
+        "--path",
+        "/run/secrets/kubernetes.io/serviceaccount/token",
+    ]);
     let o = text(&out.stdout);
     assert!(o.starts_with("DENY"), "{o}");
     assert!(o.contains("uses enforcer AppArmor, not BPF"), "{o}");
@@ -184,9 +288,13 @@ fn crd_command_writes_the_committed_crds() {
     let dir = tempfile::tempdir().expect("tmp");
     let out = varmorctl(&["crd", "--out", &dir.path().to_string_lossy()]);
     assert!(out.status.success());
-    for name in ["varmorpolicies.crd.varmor.org.yaml", "varmorclusterpolicies.crd.varmor.org.yaml"] {
+    for name in [
+        "varmorpolicies.crd.varmor.org.yaml",
+        "varmorclusterpolicies.crd.varmor.org.yaml",
+    ] {
         let fresh = std::fs::read_to_string(dir.path().join(name)).expect("generated");
-        let committed = std::fs::read_to_string(repo().join("deploy/crds").join(name)).expect("committed");
+        let committed =
+            std::fs::read_to_string(repo().join("deploy/crds").join(name)).expect("committed");
         assert_eq!(fresh, committed, "{name}");
     }
 }

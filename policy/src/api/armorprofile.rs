@@ -27,11 +27,27 @@ use super::{PolicyMode, Target};
     derive = "PartialEq",
     doc = "ArmorProfile holds the profiles compiled from a VarmorPolicy or VarmorClusterPolicy (internal)",
     printcolumn(name = "PROFILE", type_ = "string", json_path = ".spec.profile.name"),
-    printcolumn(name = "ENFORCER", type_ = "string", json_path = ".spec.profile.enforcer"),
+    printcolumn(
+        name = "ENFORCER",
+        type_ = "string",
+        json_path = ".spec.profile.enforcer"
+    ),
     printcolumn(name = "MODE", type_ = "string", json_path = ".spec.profile.mode"),
-    printcolumn(name = "DESIRED", type_ = "integer", json_path = ".status.desiredNumberLoaded"),
-    printcolumn(name = "CURRENT", type_ = "integer", json_path = ".status.currentNumberLoaded"),
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "DESIRED",
+        type_ = "integer",
+        json_path = ".status.desiredNumberLoaded"
+    ),
+    printcolumn(
+        name = "CURRENT",
+        type_ = "integer",
+        json_path = ".status.currentNumberLoaded"
+    ),
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ArmorProfileSpec {

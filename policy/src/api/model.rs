@@ -23,10 +23,22 @@ use super::NodeCondition;
     derive = "PartialEq",
     doc = "ArmorProfileModel stores the behaviour model of a workload and the profiles generated from it",
     printcolumn(name = "STORAGE-TYPE", type_ = "string", json_path = ".storageType"),
-    printcolumn(name = "DESIRED", type_ = "integer", json_path = ".status.desiredNumber"),
-    printcolumn(name = "COMPLETED", type_ = "integer", json_path = ".status.completedNumber"),
+    printcolumn(
+        name = "DESIRED",
+        type_ = "integer",
+        json_path = ".status.desiredNumber"
+    ),
+    printcolumn(
+        name = "COMPLETED",
+        type_ = "integer",
+        json_path = ".status.completedNumber"
+    ),
     printcolumn(name = "READY", type_ = "boolean", json_path = ".status.ready"),
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ArmorProfileModelFields {

@@ -64,7 +64,10 @@ pub fn compile(ctx: &Context<'_>, warnings: &mut Vec<String>) -> Result<BpfProfi
         PolicyMode::BehaviorModeling => BpfMode::Complain,
         PolicyMode::DefenseInDepth => {
             let mut e = FieldErrors::new();
-            e.push("spec.policy.enforcer", "the DefenseInDepth mode is not supported by the BPF enforcer");
+            e.push(
+                "spec.policy.enforcer",
+                "the DefenseInDepth mode is not supported by the BPF enforcer",
+            );
             return Err(e);
         }
     };
@@ -89,7 +92,10 @@ struct Builder {
 }
 
 fn origin(field: impl Into<String>, builtin: Option<&str>) -> RuleOrigin {
-    RuleOrigin { field: field.into(), builtin: builtin.map(str::to_string) }
+    RuleOrigin {
+        field: field.into(),
+        builtin: builtin.map(str::to_string),
+    }
 }
 
 impl Builder {
@@ -99,16 +105,41 @@ impl Builder {
             self.file(p, perm::READ | perm::WRITE | perm::APPEND, action, o());
         }
         // Every new mount and move; umount stays allowed.
-        self.mount("**", "*", mount::ALL & !mount::UMOUNT, mount::ALL, action, o());
+        self.mount(
+            "**",
+            "*",
+            mount::ALL & !mount::UMOUNT,
+            mount::ALL,
+            action,
+            o(),
+        );
         // Tracing or reading processes outside the container.
-        self.ptrace.push(PtraceRule { permissions: ptrace::TRACE | ptrace::READ, strict: false, action, origin: o() });
+        self.ptrace.push(PtraceRule {
+            permissions: ptrace::TRACE | ptrace::READ,
+            strict: false,
+            action,
+            origin: o(),
+        });
     }
 
     fn file(&mut self, pattern: &str, permissions: u32, action: RuleAction, origin: RuleOrigin) {
-        self.files.push(PathRule { pattern: pattern.to_string(), permissions, action, origin });
+        self.files.push(PathRule {
+            pattern: pattern.to_string(),
+            permissions,
+            action,
+            origin,
+        });
     }
 
-    fn mount(&mut self, source: &str, fstype: &str, flags: u32, reverse: u32, action: RuleAction, origin: RuleOrigin) {
+    fn mount(
+        &mut self,
+        source: &str,
+        fstype: &str,
+        flags: u32,
+        reverse: u32,
+        action: RuleAction,
+        origin: RuleOrigin,
+    ) {
         self.mounts.push(MountRule {
             source: source.to_string(),
             fstype: fstype.to_string(),
@@ -127,14 +158,27 @@ impl Builder {
             let o = || origin(sel.field.clone(), Some(sel.rule.name));
             for frag in sel.rule.bpf {
                 match *frag {
-                    BpfFragment::File { pattern, permissions } => self.file(pattern, permissions, action, o()),
+                    BpfFragment::File {
+                        pattern,
+                        permissions,
+                    } => self.file(pattern, permissions, action, o()),
                     BpfFragment::Exec { pattern } => self.file(pattern, perm::EXEC, action, o()),
-                    BpfFragment::Capabilities(caps) => {
-                        self.capabilities.push(CapabilityRule { capabilities: caps, action, origin: o() })
-                    }
-                    BpfFragment::Socket { domains, types, protocols } => {
-                        self.sockets.push(SocketRule { domains, types, protocols, action, origin: o() })
-                    }
+                    BpfFragment::Capabilities(caps) => self.capabilities.push(CapabilityRule {
+                        capabilities: caps,
+                        action,
+                        origin: o(),
+                    }),
+                    BpfFragment::Socket {
+                        domains,
+                        types,
+                        protocols,
+                    } => self.sockets.push(SocketRule {
+                        domains,
+                        types,
+                        protocols,
+                        action,
+                        origin: o(),
+                    }),
                     BpfFragment::Connect(ip) => match ip.parse::<IpAddr>() {
                         Ok(ip) => self.egress.push(EgressRule {
                             address: EgressAddress::Ip(ip),
@@ -142,22 +186,38 @@ impl Builder {
                             action,
                             origin: o(),
                         }),
-                        Err(e) => self.errors.push(sel.field.clone(), format!("built-in address {ip:?}: {e}")),
+                        Err(e) => self
+                            .errors
+                            .push(sel.field.clone(), format!("built-in address {ip:?}: {e}")),
                     },
-                    BpfFragment::ServiceEgress { namespace, name } => self.egress_selectors.push(EgressSelector {
-                        target: EgressTarget::Service {
-                            namespace: Some(namespace.to_string()),
-                            name: Some(name.to_string()),
-                            selector: None,
-                        },
-                        ports: Vec::new(),
+                    BpfFragment::ServiceEgress { namespace, name } => {
+                        self.egress_selectors.push(EgressSelector {
+                            target: EgressTarget::Service {
+                                namespace: Some(namespace.to_string()),
+                                name: Some(name.to_string()),
+                                selector: None,
+                            },
+                            ports: Vec::new(),
+                            action,
+                            origin: o(),
+                        })
+                    }
+                    BpfFragment::Ptrace {
+                        permissions,
+                        strict,
+                    } => self.ptrace.push(PtraceRule {
+                        permissions,
+                        strict,
                         action,
                         origin: o(),
                     }),
-                    BpfFragment::Ptrace { permissions, strict } => {
-                        self.ptrace.push(PtraceRule { permissions, strict, action, origin: o() })
-                    }
-                    BpfFragment::Mount { source, fstype, flags, reverse_flags, privileged_only } => {
+                    BpfFragment::Mount {
+                        source,
+                        fstype,
+                        flags,
+                        reverse_flags,
+                        privileged_only,
+                    } => {
                         if ctx.privileged() || !privileged_only {
                             self.mount(source, fstype, flags, reverse_flags, action, o());
                         }
@@ -170,7 +230,14 @@ impl Builder {
                     BpfFragment::DiskDeviceMounts => {
                         if ctx.privileged() {
                             for dev in ctx.facts.disk_device_names() {
-                                self.mount(&format!("/dev/{dev}"), "*", mount::ALL & !mount::UMOUNT, mount::ALL, action, o());
+                                self.mount(
+                                    &format!("/dev/{dev}"),
+                                    "*",
+                                    mount::ALL & !mount::UMOUNT,
+                                    mount::ALL,
+                                    action,
+                                    o(),
+                                );
                             }
                         }
                     }
@@ -180,12 +247,23 @@ impl Builder {
     }
 
     fn raw_rules(&mut self, ctx: &Context<'_>, action: RuleAction) {
-        let Some(raw) = &ctx.enhance.bpf_raw_rules else { return };
+        let Some(raw) = &ctx.enhance.bpf_raw_rules else {
+            return;
+        };
         let base = format!("{ENHANCE_PROTECT}.bpfRawRules");
         for (list, rules) in [("files", &raw.files), ("processes", &raw.processes)] {
             for (i, r) in rules.iter().enumerate() {
-                let permissions = r.permissions.iter().filter_map(|p| names::file_permission(p)).fold(0, |a, b| a | b);
-                self.file(&r.pattern, permissions, action, origin(format!("{base}.{list}[{i}]"), None));
+                let permissions = r
+                    .permissions
+                    .iter()
+                    .filter_map(|p| names::file_permission(p))
+                    .fold(0, |a, b| a | b);
+                self.file(
+                    &r.pattern,
+                    permissions,
+                    action,
+                    origin(format!("{base}.{list}[{i}]"), None),
+                );
             }
         }
         if let Some(net) = &raw.network {
@@ -206,9 +284,18 @@ impl Builder {
                         Ok(addrs) => {
                             let ports = port_ranges(&d.ports);
                             for address in addrs {
-                                let rule = EgressRule { address, ports: ports.clone(), action, origin: origin(field.clone(), None) };
+                                let rule = EgressRule {
+                                    address,
+                                    ports: ports.clone(),
+                                    action,
+                                    origin: origin(field.clone(), None),
+                                };
                                 // Identical destinations written twice are one rule.
-                                if !self.egress.iter().any(|e| e.address == rule.address && e.ports == rule.ports && e.action == rule.action) {
+                                if !self.egress.iter().any(|e| {
+                                    e.address == rule.address
+                                        && e.ports == rule.ports
+                                        && e.action == rule.action
+                                }) {
                                     self.egress.push(rule);
                                 }
                             }
@@ -242,7 +329,11 @@ impl Builder {
             }
         }
         if let Some(pt) = &raw.ptrace {
-            let permissions = pt.permissions.iter().filter_map(|p| names::ptrace_permission(p)).fold(0, |a, b| a | b);
+            let permissions = pt
+                .permissions
+                .iter()
+                .filter_map(|p| names::ptrace_permission(p))
+                .fold(0, |a, b| a | b);
             self.ptrace.push(PtraceRule {
                 permissions,
                 strict: pt.strict_mode,
@@ -256,14 +347,29 @@ impl Builder {
                 .iter()
                 .filter_map(|f| names::mount_flag(f))
                 .fold((0, 0), |(a, b), (f, r)| (a | f, b | r));
-            self.mount(&m.source_pattern, &m.fstype, flags, reverse, action, origin(format!("{base}.mounts[{i}]"), None));
+            self.mount(
+                &m.source_pattern,
+                &m.fstype,
+                flags,
+                reverse,
+                action,
+                origin(format!("{base}.mounts[{i}]"), None),
+            );
         }
     }
 
     fn finish(mut self, mode: BpfMode) -> Result<BpfProfile, FieldErrors> {
         let mut errors = std::mem::take(&mut self.errors);
-        let path_automaton = automaton(self.files.iter().map(|r| (r.pattern.as_str(), &r.origin)), "files", &mut errors);
-        let mount_automaton = automaton(self.mounts.iter().map(|r| (r.source.as_str(), &r.origin)), "mounts", &mut errors);
+        let path_automaton = automaton(
+            self.files.iter().map(|r| (r.pattern.as_str(), &r.origin)),
+            "files",
+            &mut errors,
+        );
+        let mount_automaton = automaton(
+            self.mounts.iter().map(|r| (r.source.as_str(), &r.origin)),
+            "mounts",
+            &mut errors,
+        );
         let (path_automaton, mount_automaton) = match (path_automaton, mount_automaton) {
             (Some(p), Some(m)) if errors.is_empty() => (p, m),
             _ => return Err(errors),
@@ -283,7 +389,6 @@ impl Builder {
             mount_automaton,
         })
     }
-
 }
 
 /// The automaton of some rules' patterns; problems are recorded against the rules' fields.
@@ -309,7 +414,10 @@ fn automaton<'a>(
     match Automaton::build(&parsed) {
         Ok(a) => Some(a),
         Err(e) => {
-            errors.push(format!("{ENHANCE_PROTECT}.bpfRawRules.{what}"), e.to_string());
+            errors.push(
+                format!("{ENHANCE_PROTECT}.bpfRawRules.{what}"),
+                e.to_string(),
+            );
             None
         }
     }
@@ -317,7 +425,11 @@ fn automaton<'a>(
 
 /// The verdict masks of every match set of `automaton`, whose pattern ids index `files`.
 pub fn path_verdicts(files: &[PathRule], automaton: &Automaton) -> Vec<PathVerdict> {
-    automaton.match_sets.iter().map(|set| verdict(files, set)).collect()
+    automaton
+        .match_sets
+        .iter()
+        .map(|set| verdict(files, set))
+        .collect()
 }
 
 /// The permission masks, per action, of the rules in a match set.
@@ -350,7 +462,9 @@ fn socket_masks(s: &NetworkSocketRule) -> (u64, u64, u64) {
     let mut types = 0u64;
     for t in &s.types {
         if all(t) {
-            types |= names::SOCKET_TYPES.iter().fold(0, |m, (_, n)| m | 1u64 << n);
+            types |= names::SOCKET_TYPES
+                .iter()
+                .fold(0, |m, (_, n)| m | 1u64 << n);
         } else if let Some(n) = names::socket_type(t) {
             types |= 1u64 << n;
         }
@@ -358,9 +472,14 @@ fn socket_masks(s: &NetworkSocketRule) -> (u64, u64, u64) {
     let mut protocols = 0u64;
     for p in &s.protocols {
         let nums: Vec<u32> = if all(p) {
-            names::SOCKET_PROTOCOLS.iter().flat_map(|(_, n)| n.iter().copied()).collect()
+            names::SOCKET_PROTOCOLS
+                .iter()
+                .flat_map(|(_, n)| n.iter().copied())
+                .collect()
         } else {
-            names::socket_protocol(p).map(<[u32]>::to_vec).unwrap_or_default()
+            names::socket_protocol(p)
+                .map(<[u32]>::to_vec)
+                .unwrap_or_default()
         };
         for n in nums {
             protocols |= 1u64 << n;
@@ -385,7 +504,10 @@ fn destination_addresses(d: &Destination) -> Result<Vec<EgressAddress>, String> 
             EgressAddress::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             EgressAddress::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         ]),
-        Some(ip) => ip.parse::<IpAddr>().map(|ip| vec![EgressAddress::Ip(ip)]).map_err(|e| format!("ip {ip:?}: {e}")),
+        Some(ip) => ip
+            .parse::<IpAddr>()
+            .map(|ip| vec![EgressAddress::Ip(ip)])
+            .map_err(|e| format!("ip {ip:?}: {e}")),
     }
 }
 
@@ -393,13 +515,18 @@ fn destination_addresses(d: &Destination) -> Result<Vec<EgressAddress>, String> 
 pub fn port_ranges(ports: &[Port]) -> Vec<PortRange> {
     let mut ranges: Vec<PortRange> = ports
         .iter()
-        .map(|p| PortRange { first: p.port, last: p.end_port.unwrap_or(p.port).max(p.port) })
+        .map(|p| PortRange {
+            first: p.port,
+            last: p.end_port.unwrap_or(p.port).max(p.port),
+        })
         .collect();
     ranges.sort();
     let mut merged: Vec<PortRange> = Vec::with_capacity(ranges.len());
     for r in ranges {
         match merged.last_mut() {
-            Some(last) if u32::from(r.first) <= u32::from(last.last) + 1 => last.last = last.last.max(r.last),
+            Some(last) if u32::from(r.first) <= u32::from(last.last) + 1 => {
+                last.last = last.last.max(r.last)
+            }
             _ => merged.push(r),
         }
     }
@@ -414,11 +541,26 @@ mod tests {
     fn port_ranges_are_merged_and_sorted() {
         let p = |port, end_port| Port { port, end_port };
         assert_eq!(
-            port_ranges(&[p(443, None), p(80, Some(81)), p(82, None), p(8000, Some(9000)), p(8500, Some(8600))]),
+            port_ranges(&[
+                p(443, None),
+                p(80, Some(81)),
+                p(82, None),
+                p(8000, Some(9000)),
+                p(8500, Some(8600))
+            ]),
             vec![
-                PortRange { first: 80, last: 82 },
-                PortRange { first: 443, last: 443 },
-                PortRange { first: 8000, last: 9000 }
+                PortRange {
+                    first: 80,
+                    last: 82
+                },
+                PortRange {
+                    first: 443,
+                    last: 443
+                },
+                PortRange {
+                    first: 8000,
+                    last: 9000
+                }
             ]
         );
         assert!(port_ranges(&[]).is_empty());
@@ -426,9 +568,18 @@ mod tests {
 
     #[test]
     fn localhost_is_both_loopbacks() {
-        let d = Destination { ip: Some("localhost".into()), ..Default::default() };
+        let d = Destination {
+            ip: Some("localhost".into()),
+            ..Default::default()
+        };
         assert_eq!(destination_addresses(&d).expect("ok").len(), 2);
-        let d = Destination { cidr: Some("10.1.2.3/8".into()), ..Default::default() };
-        assert_eq!(destination_addresses(&d).expect("ok"), vec![EgressAddress::Cidr("10.0.0.0/8".parse().expect("net"))]);
+        let d = Destination {
+            cidr: Some("10.1.2.3/8".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            destination_addresses(&d).expect("ok"),
+            vec![EgressAddress::Cidr("10.0.0.0/8".parse().expect("net"))]
+        );
     }
 }

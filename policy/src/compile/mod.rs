@@ -7,9 +7,7 @@ pub mod apparmor;
 pub mod bpf;
 pub mod seccomp;
 
-use crate::api::{
-    EnhanceProtect, ModelProfiles, PolicyMode, VarmorPolicySpec,
-};
+use crate::api::{EnhanceProtect, ModelProfiles, PolicyMode, VarmorPolicySpec};
 use crate::bundle::{Modeling, ProfileBundle, RuleAction};
 use crate::catalog::{self, BuiltinRule, Category};
 use crate::enforcer::EnforcerSet;
@@ -88,12 +86,18 @@ pub fn selected_builtins(ep: &EnhanceProtect) -> Vec<SelectedRule<'_>> {
     let mut out = Vec::new();
     for (i, name) in ep.hardening_rules.iter().enumerate() {
         if let Some(rule) = catalog::lookup(name).filter(|r| r.category == Category::Hardening) {
-            out.push(SelectedRule { rule, field: format!("{ENHANCE_PROTECT}.hardeningRules[{i}]"), targets: &[] });
+            out.push(SelectedRule {
+                rule,
+                field: format!("{ENHANCE_PROTECT}.hardeningRules[{i}]"),
+                targets: &[],
+            });
         }
     }
     for (i, entry) in ep.attack_protection_rules.iter().enumerate() {
         for (j, name) in entry.rules.iter().enumerate() {
-            if let Some(rule) = catalog::lookup(name).filter(|r| r.category == Category::AttackProtection) {
+            if let Some(rule) =
+                catalog::lookup(name).filter(|r| r.category == Category::AttackProtection)
+            {
                 out.push(SelectedRule {
                     rule,
                     field: format!("{ENHANCE_PROTECT}.attackProtectionRules[{i}].rules[{j}]"),
@@ -103,8 +107,13 @@ pub fn selected_builtins(ep: &EnhanceProtect) -> Vec<SelectedRule<'_>> {
         }
     }
     for (i, name) in ep.vul_mitigation_rules.iter().enumerate() {
-        if let Some(rule) = catalog::lookup(name).filter(|r| r.category == Category::VulMitigation) {
-            out.push(SelectedRule { rule, field: format!("{ENHANCE_PROTECT}.vulMitigationRules[{i}]"), targets: &[] });
+        if let Some(rule) = catalog::lookup(name).filter(|r| r.category == Category::VulMitigation)
+        {
+            out.push(SelectedRule {
+                rule,
+                field: format!("{ENHANCE_PROTECT}.vulMitigationRules[{i}]"),
+                targets: &[],
+            });
         }
     }
     out
@@ -152,7 +161,9 @@ pub fn compile_with_model(
         None
     };
     let bpf = if enforcers.bpf {
-        bpf::compile(&ctx, &mut warnings).map_err(|e| errors.extend(e)).ok()
+        bpf::compile(&ctx, &mut warnings)
+            .map_err(|e| errors.extend(e))
+            .ok()
     } else {
         None
     };
@@ -164,9 +175,9 @@ pub fn compile_with_model(
     warnings.extend(ignored_rule_warnings(&ctx));
     errors.into_result(())?;
     let modeling = match (ctx.mode, &spec.policy.modeling_options) {
-        (PolicyMode::BehaviorModeling, Some(m)) => {
-            Some(Modeling { duration_minutes: u64::try_from(m.duration).unwrap_or(0) })
-        }
+        (PolicyMode::BehaviorModeling, Some(m)) => Some(Modeling {
+            duration_minutes: u64::try_from(m.duration).unwrap_or(0),
+        }),
         _ => None,
     };
     Ok(ProfileBundle {
@@ -212,7 +223,10 @@ fn ignored_rule_warnings(ctx: &Context<'_>) -> Vec<String> {
             } else {
                 format!("it is implemented by {} only", supported.join(", "))
             };
-            out.push(format!("{}: {:?} has no effect with enforcer {e}: {why}", s.field, r.name));
+            out.push(format!(
+                "{}: {:?} has no effect with enforcer {e}: {why}",
+                s.field, r.name
+            ));
         }
     }
     out

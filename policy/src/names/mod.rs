@@ -60,8 +60,14 @@ pub const ALL_CAPABILITIES: u64 = (1u64 << (CAP_LAST_CAP + 1)) - 1;
 /// The capability number of a name such as `sys_admin`, `SYS_ADMIN` or `CAP_SYS_ADMIN`.
 pub fn capability_number(name: &str) -> Option<u32> {
     let lower = name.to_ascii_lowercase();
-    let bare = lower.strip_prefix("cap_").unwrap_or(&lower).replace('-', "_");
-    CAPABILITIES.iter().position(|c| *c == bare).map(|i| i as u32)
+    let bare = lower
+        .strip_prefix("cap_")
+        .unwrap_or(&lower)
+        .replace('-', "_");
+    CAPABILITIES
+        .iter()
+        .position(|c| *c == bare)
+        .map(|i| i as u32)
 }
 
 /// The capability name of a number, e.g. 21 -> `sys_admin`.
@@ -141,37 +147,53 @@ pub const SOCKET_TYPES: &[(&str, u32)] = &[
 
 /// Protocols accepted in `sockets[].protocols`, each with the `IPPROTO_*` numbers it covers
 /// (`icmp` covers ICMP and ICMPv6).
-pub const SOCKET_PROTOCOLS: &[(&str, &[u32])] = &[("icmp", &[1, 58]), ("tcp", &[6]), ("udp", &[17])];
+pub const SOCKET_PROTOCOLS: &[(&str, &[u32])] =
+    &[("icmp", &[1, 58]), ("tcp", &[6]), ("udp", &[17])];
 
 /// The number of a socket domain name (`inet`, `AF_INET`, ...).
 pub fn socket_domain(name: &str) -> Option<u32> {
     let lower = name.to_ascii_lowercase();
     let bare = lower.strip_prefix("af_").unwrap_or(&lower);
-    SOCKET_DOMAINS.iter().find(|(n, _)| *n == bare).map(|(_, v)| *v)
+    SOCKET_DOMAINS
+        .iter()
+        .find(|(n, _)| *n == bare)
+        .map(|(_, v)| *v)
 }
 
 /// The name of a socket domain number, e.g. 2 -> `inet`.
 pub fn socket_domain_name(number: u32) -> Option<&'static str> {
-    SOCKET_DOMAINS.iter().find(|(_, v)| *v == number).map(|(n, _)| *n)
+    SOCKET_DOMAINS
+        .iter()
+        .find(|(_, v)| *v == number)
+        .map(|(n, _)| *n)
 }
 
 /// The number of a socket type name.
 pub fn socket_type(name: &str) -> Option<u32> {
     let lower = name.to_ascii_lowercase();
     let bare = lower.strip_prefix("sock_").unwrap_or(&lower);
-    SOCKET_TYPES.iter().find(|(n, _)| *n == bare).map(|(_, v)| *v)
+    SOCKET_TYPES
+        .iter()
+        .find(|(n, _)| *n == bare)
+        .map(|(_, v)| *v)
 }
 
 /// The name of a socket type number.
 pub fn socket_type_name(number: u32) -> Option<&'static str> {
-    SOCKET_TYPES.iter().find(|(_, v)| *v == number).map(|(n, _)| *n)
+    SOCKET_TYPES
+        .iter()
+        .find(|(_, v)| *v == number)
+        .map(|(n, _)| *n)
 }
 
 /// The protocol numbers covered by a protocol name.
 pub fn socket_protocol(name: &str) -> Option<&'static [u32]> {
     let lower = name.to_ascii_lowercase();
     let bare = lower.strip_prefix("ipproto_").unwrap_or(&lower);
-    SOCKET_PROTOCOLS.iter().find(|(n, _)| *n == bare).map(|(_, v)| *v)
+    SOCKET_PROTOCOLS
+        .iter()
+        .find(|(n, _)| *n == bare)
+        .map(|(_, v)| *v)
 }
 
 /// The name of an IP protocol number (the ones socket rules can name, plus ICMPv6).
@@ -215,7 +237,11 @@ pub mod perm {
 
     /// The names of the bits of a mask, in the order of [`NAMED`].
     pub fn names(mask: u32) -> Vec<&'static str> {
-        NAMED.iter().filter(|(b, _)| mask & b != 0).map(|(_, n)| *n).collect()
+        NAMED
+            .iter()
+            .filter(|(b, _)| mask & b != 0)
+            .map(|(_, n)| *n)
+            .collect()
     }
 }
 
@@ -234,8 +260,9 @@ pub fn file_permission(name: &str) -> Option<u32> {
 }
 
 /// Accepted file permission spellings, for error messages.
-pub const FILE_PERMISSION_NAMES: &[&str] =
-    &["all", "*", "read", "r", "write", "w", "append", "a", "exec", "x", "e"];
+pub const FILE_PERMISSION_NAMES: &[&str] = &[
+    "all", "*", "read", "r", "write", "w", "append", "a", "exec", "x", "e",
+];
 
 /// Ptrace permission bits.
 pub mod ptrace {
@@ -252,11 +279,16 @@ pub mod ptrace {
 
     /// The names of the bits of a mask.
     pub fn names(mask: u32) -> Vec<&'static str> {
-        [(TRACE, "trace"), (READ, "read"), (TRACEBY, "traceby"), (READBY, "readby")]
-            .iter()
-            .filter(|(b, _)| mask & b != 0)
-            .map(|(_, n)| *n)
-            .collect()
+        [
+            (TRACE, "trace"),
+            (READ, "read"),
+            (TRACEBY, "traceby"),
+            (READBY, "readby"),
+        ]
+        .iter()
+        .filter(|(b, _)| mask & b != 0)
+        .map(|(_, n)| *n)
+        .collect()
     }
 }
 
@@ -424,12 +456,55 @@ pub fn mount_flag(name: &str) -> Option<(u32, u32)> {
 
 /// Accepted mount flag spellings, for error messages and suggestions.
 pub const MOUNT_FLAG_NAMES: &[&str] = &[
-    "all", "*", "ro", "r", "read-only", "rw", "w", "suid", "nosuid", "dev", "nodev", "exec",
-    "noexec", "sync", "async", "mand", "nomand", "dirsync", "atime", "noatime", "diratime",
-    "nodiratime", "silent", "loud", "relatime", "norelatime", "iversion", "noiversion",
-    "strictatime", "nostrictatime", "remount", "bind", "B", "move", "M", "rbind", "R",
-    "make-unbindable", "unbindable", "make-private", "private", "make-slave", "slave",
-    "make-shared", "shared", "make-runbindable", "make-rprivate", "make-rslave", "make-rshared",
+    "all",
+    "*",
+    "ro",
+    "r",
+    "read-only",
+    "rw",
+    "w",
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "exec",
+    "noexec",
+    "sync",
+    "async",
+    "mand",
+    "nomand",
+    "dirsync",
+    "atime",
+    "noatime",
+    "diratime",
+    "nodiratime",
+    "silent",
+    "loud",
+    "relatime",
+    "norelatime",
+    "iversion",
+    "noiversion",
+    "strictatime",
+    "nostrictatime",
+    "remount",
+    "bind",
+    "B",
+    "move",
+    "M",
+    "rbind",
+    "R",
+    "make-unbindable",
+    "unbindable",
+    "make-private",
+    "private",
+    "make-slave",
+    "slave",
+    "make-shared",
+    "shared",
+    "make-runbindable",
+    "make-rprivate",
+    "make-rslave",
+    "make-rshared",
     "umount",
 ];
 
@@ -496,7 +571,15 @@ mod tests {
     #[test]
     fn syscall_table_is_sorted_and_complete() {
         assert!(syscall_names().windows(2).all(|w| w[0] < w[1]));
-        for s in ["unshare", "splice", "fchmodat2", "bpf", "setsockopt", "userfaultfd", "clone3"] {
+        for s in [
+            "unshare",
+            "splice",
+            "fchmodat2",
+            "bpf",
+            "setsockopt",
+            "userfaultfd",
+            "clone3",
+        ] {
             assert!(is_known_syscall(s), "{s}");
         }
         assert!(!is_known_syscall("unshar"));
@@ -513,7 +596,10 @@ mod tests {
 
     #[test]
     fn suggestions_catch_typos_only() {
-        assert_eq!(suggest("nosiud", MOUNT_FLAG_NAMES.iter().copied()), Some("nosuid"));
+        assert_eq!(
+            suggest("nosiud", MOUNT_FLAG_NAMES.iter().copied()),
+            Some("nosuid")
+        );
         assert_eq!(suggest("zzzzzz", MOUNT_FLAG_NAMES.iter().copied()), None);
     }
 }

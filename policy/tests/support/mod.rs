@@ -23,8 +23,12 @@ pub fn check_golden(rel: &str, actual: &str) -> Result<(), String> {
         std::fs::write(&path, actual).expect("write golden");
         return Ok(());
     }
-    let expected = std::fs::read_to_string(&path)
-        .map_err(|e| format!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()))?;
+    let expected = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    })?;
     if expected == actual {
         return Ok(());
     }
@@ -78,3 +82,5 @@ pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+pub mod apparmor;
+pub mod seccomp;
