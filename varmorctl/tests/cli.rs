@@ -54,6 +54,37 @@ spec:
           permissions: [read]
 "#;
 
+/// Runs the real `apparmor_parser` on a profile (it compiles profiles without kernel support).
+fn check_with_apparmor_parser(dir: &tempfile::TempDir, profile: &str) {
+    let parser = ["/usr/sbin/apparmor_parser", "/sbin/apparmor_parser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(parser) = parser else {
+        assert!(
+            std::env::var_os("VARMOR_REQUIRE_KERNEL_TESTS").is_none_or(|v| v != "1"),
+            "apparmor_parser is required (VARMOR_REQUIRE_KERNEL_TESTS=1) but missing"
+        );
+        eprintln!("SKIP: apparmor_parser is not installed (Debian package apparmor)");
+        return;
+    };
+    let file = write(dir, "profile.apparmor", profile);
+    let out = Command::new(parser)
+        .args([
+            "-Q",
+            "-K",
+            "-M",
+            "/usr/share/apparmor-features/features",
+            &file,
+        ])
+        .output()
+        .expect("run apparmor_parser");
+    assert!(
+        out.status.success(),
+        "apparmor_parser rejected the profile:\n{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn validate_accepts_every_example() {
     let mut args = vec!["policy", "validate"];

@@ -23,7 +23,9 @@ use std::io::{Read, Seek};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
 use oci_spec::runtime::{
     LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator, LinuxSyscall,
 };
@@ -125,13 +127,6 @@ impl Filter {
     /// Compiles a profile as runc would load it.
     pub fn from_oci(profile: &LinuxSeccomp) -> Result<Filter, String> {
         let default = action(profile.default_action(), profile.default_errno_ret())?;
-        if profile
-            .architectures()
-            .as_ref()
-            .is_some_and(|a| !a.is_empty())
-        {
-            return Err("the test loader supports native-architecture profiles only".into());
-        }
         let mut flags: libc::c_ulong = 0;
         for f in profile.flags().clone().unwrap_or_default() {
             match f {
@@ -146,6 +141,18 @@ impl Filter {
             }
         }
         let mut ctx = ScmpFilterContext::new(default).map_err(|e| e.to_string())?;
+        // As runc does: every listed architecture is added next to the native one.
+        for arch in profile.architectures().clone().unwrap_or_default() {
+            let name = serde_json::to_value(arch).map_err(|e| e.to_string())?;
+            let name = name.as_str().unwrap_or_default().to_string();
+            let arch: ScmpArch = name
+                .parse()
+                .map_err(|e| format!("architecture {name}: {e}"))?;
+            if !ctx.is_arch_present(arch).map_err(|e| e.to_string())? {
+                ctx.add_arch(arch)
+                    .map_err(|e| format!("architecture {name}: {e}"))?;
+            }
+        }
         for entry in profile.syscalls().clone().unwrap_or_default() {
             for name in entry.names() {
                 match_call(&mut ctx, &entry, name, default)?;
