@@ -167,6 +167,7 @@ fn compile_prints_each_enforcer_output() {
         aa.contains("audit deny /run/secrets/kubernetes.io/serviceaccount/** r,"),
         "{aa}"
     );
+    check_with_apparmor_parser(&dir, &aa);
 
     let sc = varmorctl(&["policy", "compile", &f, "--enforcer", "seccomp"]);
     assert!(sc.status.success(), "{}", text(&sc.stderr));
