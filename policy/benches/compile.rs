@@ -117,10 +117,15 @@ fn main() {
         disk_devices: Some(vec!["sda".into(), "sda1".into(), "nvme0n1".into()]),
     };
 
-    // Warm up, then measure.
+    // Warm up, then measure (VARMOR_BENCH_RUNS changes the number of runs, e.g. 1 under
+    // callgrind).
+    let runs: usize = std::env::var("VARMOR_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     let bundle = compile(&spec, &identity, &facts).expect("compile");
     let mut times = Vec::new();
-    for _ in 0..30 {
+    for _ in 0..runs {
         let t = Instant::now();
         black_box(compile(&spec, &identity, &facts).expect("compile"));
         times.push(t.elapsed());
@@ -157,7 +162,7 @@ fn main() {
         .map(|r| Pattern::parse(&r.pattern).expect("pattern"))
         .collect();
     let mut ours = Vec::new();
-    for _ in 0..30 {
+    for _ in 0..runs {
         let t = Instant::now();
         black_box(Automaton::build(&patterns).expect("build"));
         ours.push(t.elapsed());

@@ -34,7 +34,7 @@
 //! separately from the rest, and caches the transitions of the sticky part, so a state's cost
 //! is proportional to the positions that actually move.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -479,13 +479,17 @@ impl Nfa {
                 self.close(p, &mut start);
             }
         }
-        let start = d.intern(0, start);
+        let start = d.intern(0, &mut start);
         let width = self.class_count;
         let mut transitions: Vec<u32> = vec![DEAD; width];
         let mut explicit: Vec<u32> = Vec::new();
+        let mut base_row: Vec<u32> = Vec::with_capacity(width);
+        let mut known: Vec<u32> = Vec::with_capacity(width);
+        let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); width];
         // Per class: which explicit positions (by index, up to 64) accept it. Classes with the
-        // same mask and the same sticky-part move have the same successor, so each distinct
-        // pair is interned once per state (the classes a `*` loop covers move together).
+        // same mask and the same move of the sticky part have the same successor, so each
+        // distinct pair is interned once per state (the classes a `*` loop covers move
+        // together).
         let mut masks: Vec<u64> = vec![0; width];
         let mut combos: Vec<(u64, u32, u32)> = Vec::new();
         let mut set: Vec<u32> = Vec::new();
@@ -494,69 +498,85 @@ impl Nfa {
             if d.state_count() > max_states {
                 return None;
             }
+            let key = d.state_key(next_state);
+            let sid = key[0];
             explicit.clear();
-            explicit.extend_from_slice(&d.state_key(next_state)[1..]);
-            let sid = d.state_key(next_state)[0];
+            explicit.extend_from_slice(&key[1..]);
+            d.ensure_row(sid);
+            base_row.clear();
+            base_row.extend_from_slice(&d.sticky[sid as usize].step_of_class);
+            known.clear();
+            known.extend_from_slice(&d.sticky[sid as usize].class_targets);
+            // Start from the row the sticky part alone gives, then patch the classes on which
+            // explicit positions move.
             let row_start = transitions.len();
-            transitions.resize(row_start + width, DEAD);
+            transitions.extend_from_slice(&known);
             if explicit.len() <= 64 {
                 masks.iter_mut().for_each(|m| *m = 0);
                 for (i, &p) in explicit.iter().enumerate() {
-                    if self.kind[p as usize] == END {
-                        continue;
-                    }
-                    for c in iter_bits(&self.classes[p as usize]) {
-                        masks[c] |= 1 << i;
+                    if self.kind[p as usize] != END {
+                        for c in iter_bits(&self.classes[p as usize]) {
+                            masks[c] |= 1 << i;
+                        }
                     }
                 }
                 combos.clear();
-                for c in 0..width {
-                    let mask = masks[c];
-                    let to = if mask == 0 {
-                        d.base_target(sid, c)
+                for (c, &mask) in masks.iter().enumerate() {
+                    if mask == 0 {
+                        continue;
+                    }
+                    let base = base_row[c];
+                    transitions[row_start + c] = if let Some(&(_, _, to)) =
+                        combos.iter().find(|(m, b, _)| *m == mask && *b == base)
+                    {
+                        to
                     } else {
-                        let step = d.base_step_id(sid, c);
-                        match combos.iter().find(|(m, s, _)| *m == mask && *s == step) {
-                            Some(&(_, _, to)) => to,
-                            None => {
-                                set.clear();
-                                let mut bits = mask;
-                                while bits != 0 {
-                                    let p = explicit[bits.trailing_zeros() as usize];
-                                    bits &= bits - 1;
-                                    let target = if self.kind[p as usize] == ONE {
-                                        p + 1
-                                    } else {
-                                        p
-                                    };
-                                    self.close(target, &mut set);
-                                }
-                                set.extend_from_slice(d.base_step(sid, c));
-                                let to = d.intern_buf(sid, &mut set);
-                                combos.push((mask, step, to));
-                                to
-                            }
+                        set.clear();
+                        let mut bits = mask;
+                        while bits != 0 {
+                            let p = explicit[bits.trailing_zeros() as usize];
+                            bits &= bits - 1;
+                            self.close(
+                                if self.kind[p as usize] == ONE {
+                                    p + 1
+                                } else {
+                                    p
+                                },
+                                &mut set,
+                            );
                         }
+                        set.extend_from_slice(&d.sticky[sid as usize].steps[base as usize]);
+                        let to = d.intern(sid, &mut set);
+                        combos.push((mask, base, to));
+                        to
                     };
-                    transitions[row_start + c] = to;
                 }
             } else {
-                // Many positions (e.g. a thousand patterns sharing a prefix): collect per class.
-                for c in 0..width {
-                    set.clear();
-                    for &p in &explicit {
-                        let k = self.kind[p as usize];
-                        if k != END && self.classes[p as usize][c >> 6] & (1 << (c & 63)) != 0 {
-                            self.close(if k == ONE { p + 1 } else { p }, &mut set);
+                // Many positions (e.g. a thousand patterns sharing a prefix): one bucket per
+                // class.
+                for &p in &explicit {
+                    let k = self.kind[p as usize];
+                    if k != END {
+                        for c in iter_bits(&self.classes[p as usize]) {
+                            self.close(if k == ONE { p + 1 } else { p }, &mut buckets[c]);
                         }
                     }
-                    let to = if set.is_empty() {
-                        d.base_target(sid, c)
-                    } else {
-                        set.extend_from_slice(d.base_step(sid, c));
-                        d.intern_buf(sid, &mut set)
-                    };
-                    transitions[row_start + c] = to;
+                }
+                for c in 0..width {
+                    if buckets[c].is_empty() {
+                        continue;
+                    }
+                    let mut set = std::mem::take(&mut buckets[c]);
+                    set.extend_from_slice(&d.sticky[sid as usize].steps[base_row[c] as usize]);
+                    transitions[row_start + c] = d.intern(sid, &mut set);
+                    set.clear();
+                    buckets[c] = set;
+                }
+            }
+            // Classes left to the sticky part whose target was never needed before.
+            for c in 0..width {
+                if transitions[row_start + c] == u32::MAX {
+                    transitions[row_start + c] = d.class_target(sid, c);
                 }
             }
             next_state += 1;
@@ -592,35 +612,44 @@ fn iter_bits(s: &ByteSet) -> impl Iterator<Item = usize> + '_ {
 /// A sticky position loops on every byte, so once a state holds it every later state does
 /// too, along with the positions its closure reaches (its *base*). States therefore store
 /// only the sticky set's id and the positions outside the sticky set and its base; the moves
-/// of the sticky part are computed once per (sticky set, class) and cached.
+/// of the sticky part are computed once per sticky set and cached.
 struct Determinizer<'a> {
     nfa: &'a Nfa,
-    /// State 0 is dead: no sticky positions, nothing else.
     /// Every state's key (its sticky set id followed by its other positions), end to end.
+    /// State 0 is dead: no sticky positions, nothing else.
     keys: Vec<u32>,
     /// Where each state's key starts in `keys` (one extra entry marks the end).
     key_starts: Vec<u32>,
     /// State ids by key hash.
     ids: hashbrown::HashTable<u32>,
-    sticky_sets: Vec<Box<[u32]>>,
+    /// The sticky sets met so far; 0 is the empty set.
+    sticky: Vec<StickySet>,
     sticky_ids: FxHashMap<Box<[u32]>, u32>,
-    /// Per sticky set: membership bits of the set and its base (positions implied by it).
-    implied: Vec<Vec<u64>>,
-    /// Per sticky set: its base positions (closure minus the set).
-    base: Vec<Box<[u32]>>,
-    /// Per sticky set, per class: positions reached from the sticky set and its base that it
-    /// does not already imply.
-    base_steps: Vec<Vec<Option<Box<[u32]>>>>,
-    /// Per sticky set, per class: the state reached when nothing else moves (`u32::MAX`: not
-    /// computed yet).
-    base_targets: Vec<Vec<u32>>,
-    /// Scratch buffer for state keys.
-    key: Vec<u32>,
     /// Per (sticky set, added sticky positions): the grown sticky set.
     grown: FxHashMap<(u32, Box<[u32]>), u32>,
-    /// Per sticky set, per class: an id shared by equal base steps (`u32::MAX`: not yet).
-    base_step_ids: Vec<Vec<u32>>,
-    step_ids: FxHashMap<Box<[u32]>, u32>,
+    /// Scratch buffers.
+    key: Vec<u32>,
+    added: Vec<u32>,
+}
+
+/// A set of sticky positions and what it implies.
+struct StickySet {
+    /// The sticky positions, sorted.
+    positions: Box<[u32]>,
+    /// The positions and their closure, sorted: every state with this set holds them.
+    implied: Box<[u32]>,
+    /// Pattern ids the implied positions accept, sorted.
+    accepts: Box<[u32]>,
+    /// The distinct sets of positions the implied ones reach on a class, minus those they
+    /// already include (computed with `step_of_class`).
+    steps: Vec<Box<[u32]>>,
+    /// Per class: the index of its set in `steps` (empty until computed).
+    step_of_class: Vec<u32>,
+    /// Per step: the state reached when only the implied positions move (`u32::MAX` until
+    /// needed: states nothing reaches must not be created).
+    step_targets: Vec<u32>,
+    /// Per class: the same, by class (`u32::MAX` until needed).
+    class_targets: Vec<u32>,
 }
 
 fn hash_key(key: &[u32]) -> u64 {
@@ -630,43 +659,61 @@ fn hash_key(key: &[u32]) -> u64 {
     h.finish()
 }
 
-fn has(bits: &[u64], p: u32) -> bool {
-    bits[(p >> 6) as usize] & (1 << (p & 63)) != 0
-}
-
 impl<'a> Determinizer<'a> {
     fn new(nfa: &'a Nfa) -> Self {
-        let words = nfa.kind.len().div_ceil(64);
         let mut d = Determinizer {
             nfa,
             keys: Vec::new(),
             key_starts: vec![0],
             ids: hashbrown::HashTable::new(),
-            sticky_sets: Vec::new(),
+            sticky: Vec::new(),
             sticky_ids: FxHashMap::default(),
-            implied: vec![vec![0; words]],
-            base: vec![Box::new([])],
-            base_steps: vec![vec![None; nfa.class_count]],
-            base_targets: vec![vec![u32::MAX; nfa.class_count]],
-            key: Vec::new(),
             grown: FxHashMap::default(),
-            base_step_ids: vec![vec![u32::MAX; nfa.class_count]],
-            step_ids: FxHashMap::default(),
+            key: Vec::new(),
+            added: Vec::new(),
         };
-        let empty: Box<[u32]> = Box::new([]);
-        d.sticky_ids.insert(empty.clone(), 0);
-        d.sticky_sets.push(empty);
+        d.new_sticky_set(Box::new([]));
         d.key.push(0);
         d.insert_key();
         d
     }
 
-    /// The id of the sticky set `sid` grown by `added` (sticky positions not in it).
-    fn grow(&mut self, sid: u32, added: Box<[u32]>) -> u32 {
+    fn new_sticky_set(&mut self, positions: Box<[u32]>) -> u32 {
+        let id = self.sticky.len() as u32;
+        let mut implied = Vec::new();
+        for &p in positions.iter() {
+            self.nfa.close(p, &mut implied);
+        }
+        implied.sort_unstable();
+        implied.dedup();
+        let mut accepts: Vec<u32> = implied
+            .iter()
+            .filter(|&&p| self.nfa.kind[p as usize] == END)
+            .map(|&p| self.nfa.pattern[p as usize])
+            .collect();
+        accepts.sort_unstable();
+        accepts.dedup();
+        self.sticky_ids.insert(positions.clone(), id);
+        self.sticky.push(StickySet {
+            positions,
+            implied: implied.into(),
+            accepts: accepts.into(),
+            steps: Vec::new(),
+            step_of_class: Vec::new(),
+            step_targets: Vec::new(),
+            class_targets: Vec::new(),
+        });
+        id
+    }
+
+    /// The id of the sticky set `sid` grown by the sticky positions in `self.added`.
+    fn grow(&mut self, sid: u32) -> u32 {
+        let added: Box<[u32]> = self.added.as_slice().into();
         if let Some(&id) = self.grown.get(&(sid, added.clone())) {
             return id;
         }
-        let mut set: Vec<u32> = self.sticky_sets[sid as usize]
+        let mut set: Vec<u32> = self.sticky[sid as usize]
+            .positions
             .iter()
             .chain(added.iter())
             .copied()
@@ -676,56 +723,32 @@ impl<'a> Determinizer<'a> {
         let set: Box<[u32]> = set.into();
         let id = match self.sticky_ids.get(&set) {
             Some(&id) => id,
-            None => {
-                let id = self.sticky_sets.len() as u32;
-                let mut closure = Vec::new();
-                for &p in set.iter() {
-                    self.nfa.close(p, &mut closure);
-                }
-                closure.sort_unstable();
-                closure.dedup();
-                let mut bits = vec![0u64; self.implied[0].len()];
-                for &p in &closure {
-                    bits[(p >> 6) as usize] |= 1 << (p & 63);
-                }
-                closure.retain(|p| set.binary_search(p).is_err());
-                self.sticky_ids.insert(set.clone(), id);
-                self.sticky_sets.push(set);
-                self.implied.push(bits);
-                self.base.push(closure.into());
-                self.base_steps.push(vec![None; self.nfa.class_count]);
-                self.base_targets.push(vec![u32::MAX; self.nfa.class_count]);
-                self.base_step_ids
-                    .push(vec![u32::MAX; self.nfa.class_count]);
-                id
-            }
+            None => self.new_sticky_set(set),
         };
         self.grown.insert((sid, added), id);
         id
     }
 
-    /// The state id of sticky set `sid` plus the (closed) positions `extra`.
-    fn intern(&mut self, sid: u32, mut extra: Vec<u32>) -> u32 {
-        self.intern_buf(sid, &mut extra)
-    }
-
-    /// [`Self::intern`] on a scratch buffer, which it reorders and filters.
-    fn intern_buf(&mut self, sid: u32, extra: &mut Vec<u32>) -> u32 {
+    /// The state id of sticky set `sid` plus the (closed) positions in `extra`, which this
+    /// reorders and filters.
+    fn intern(&mut self, sid: u32, extra: &mut Vec<u32>) -> u32 {
         extra.sort_unstable();
         extra.dedup();
-        let implied = &self.implied[sid as usize];
-        extra.retain(|&p| !has(implied, p));
-        let added: Box<[u32]> = extra
-            .iter()
-            .copied()
-            .filter(|&p| self.nfa.sticky[p as usize])
-            .collect();
-        let sid = if added.is_empty() {
+        let implied = &self.sticky[sid as usize].implied;
+        extra.retain(|p| implied.binary_search(p).is_err());
+        self.added.clear();
+        self.added.extend(
+            extra
+                .iter()
+                .copied()
+                .filter(|&p| self.nfa.sticky[p as usize]),
+        );
+        let sid = if self.added.is_empty() {
             sid
         } else {
-            let grown = self.grow(sid, added);
-            let implied = &self.implied[grown as usize];
-            extra.retain(|&p| !has(implied, p));
+            let grown = self.grow(sid);
+            let implied = &self.sticky[grown as usize].implied;
+            extra.retain(|p| implied.binary_search(p).is_err());
             grown
         };
         self.key.clear();
@@ -763,70 +786,83 @@ impl<'a> Determinizer<'a> {
         &self.keys[self.key_starts[id] as usize..self.key_starts[id + 1] as usize]
     }
 
-    /// Positions reached on class `c` from the sticky set `sid` and its base, minus those
-    /// the set already implies.
-    fn base_step(&mut self, sid: u32, c: usize) -> &[u32] {
-        if self.base_steps[sid as usize][c].is_none() {
-            let mut out = Vec::new();
-            let nfa = self.nfa;
-            let sources = self.sticky_sets[sid as usize]
-                .iter()
-                .chain(self.base[sid as usize].iter());
-            for &p in sources {
-                if nfa.classes[p as usize][c >> 6] & (1 << (c & 63)) == 0 {
-                    continue;
-                }
-                match nfa.kind[p as usize] {
-                    ONE => nfa.close(p + 1, &mut out),
-                    LOOP => nfa.close(p, &mut out),
-                    _ => {}
-                }
+    /// Computes, once per sticky set, where its implied positions go on every class.
+    fn ensure_row(&mut self, sid: u32) {
+        if !self.sticky[sid as usize].step_of_class.is_empty() {
+            return;
+        }
+        let nfa = self.nfa;
+        let width = nfa.class_count;
+        let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); width];
+        let set = &self.sticky[sid as usize];
+        for &p in set.implied.iter() {
+            let target = match nfa.kind[p as usize] {
+                ONE => p + 1,
+                LOOP => p,
+                _ => continue,
+            };
+            for c in iter_bits(&nfa.classes[p as usize]) {
+                nfa.close(target, &mut buckets[c]);
             }
-            let implied = &self.implied[sid as usize];
-            out.retain(|&p| !has(implied, p));
-            out.sort_unstable();
-            out.dedup();
-            self.base_steps[sid as usize][c] = Some(out.into());
         }
-        self.base_steps[sid as usize][c]
-            .as_deref()
-            .unwrap_or_default()
+        let mut steps: Vec<Box<[u32]>> = Vec::new();
+        let mut step_of_class = Vec::with_capacity(width);
+        let mut seen: FxHashMap<Vec<u32>, u32> = FxHashMap::default();
+        for mut bucket in buckets {
+            bucket.sort_unstable();
+            bucket.dedup();
+            bucket.retain(|p| set.implied.binary_search(p).is_err());
+            let next = steps.len() as u32;
+            let id = *seen.entry(bucket).or_insert_with_key(|b| {
+                steps.push(b.as_slice().into());
+                next
+            });
+            step_of_class.push(id);
+        }
+        let set = &mut self.sticky[sid as usize];
+        set.step_targets = vec![u32::MAX; steps.len()];
+        set.class_targets = vec![u32::MAX; width];
+        set.steps = steps;
+        set.step_of_class = step_of_class;
     }
 
-    /// An id for the content of `base_step(sid, c)`: equal contents share it.
-    fn base_step_id(&mut self, sid: u32, c: usize) -> u32 {
-        let id = self.base_step_ids[sid as usize][c];
-        if id != u32::MAX {
-            return id;
-        }
-        let step: Box<[u32]> = self.base_step(sid, c).into();
-        let next = self.step_ids.len() as u32;
-        let id = *self.step_ids.entry(step).or_insert(next);
-        self.base_step_ids[sid as usize][c] = id;
-        id
-    }
-
-    /// The state reached on class `c` when only the sticky part moves.
-    fn base_target(&mut self, sid: u32, c: usize) -> u32 {
-        let t = self.base_targets[sid as usize][c];
+    /// The state reached from sticky set `sid` on class `c` when nothing else moves.
+    fn class_target(&mut self, sid: u32, c: usize) -> u32 {
+        let t = self.sticky[sid as usize].class_targets[c];
         if t != u32::MAX {
             return t;
         }
-        let set = self.base_step(sid, c).to_vec();
-        let t = self.intern(sid, set);
-        self.base_targets[sid as usize][c] = t;
+        let step = self.sticky[sid as usize].step_of_class[c];
+        let t = self.step_target(sid, step);
+        self.sticky[sid as usize].class_targets[c] = t;
+        t
+    }
+
+    /// The state reached from sticky set `sid` by step `step` when nothing else moves.
+    fn step_target(&mut self, sid: u32, step: u32) -> u32 {
+        let t = self.sticky[sid as usize].step_targets[step as usize];
+        if t != u32::MAX {
+            return t;
+        }
+        let mut set = self.sticky[sid as usize].steps[step as usize].to_vec();
+        let t = self.intern(sid, &mut set);
+        self.sticky[sid as usize].step_targets[step as usize] = t;
         t
     }
 
     /// The sorted pattern ids a state accepts.
     fn accepts(&self, state: usize) -> Vec<u32> {
         let key = self.state_key(state);
-        let mut out: Vec<u32> = self.base[key[0] as usize]
+        let base = &self.sticky[key[0] as usize].accepts;
+        let mut out: Vec<u32> = key[1..]
             .iter()
-            .chain(key[1..].iter())
             .filter(|&&p| self.nfa.kind[p as usize] == END)
             .map(|&p| self.nfa.pattern[p as usize])
             .collect();
+        if out.is_empty() {
+            return base.to_vec();
+        }
+        out.extend_from_slice(base);
         out.sort_unstable();
         out.dedup();
         out
@@ -840,8 +876,11 @@ fn merge(groups: Vec<GroupDfa>, classes: &ByteClasses) -> Automaton {
     let mut transitions: Vec<u32> = vec![DEAD; width];
     let mut accept: Vec<u32> = vec![0];
     let mut starts = Vec::new();
-    let mut rows: BTreeMap<Vec<u32>, u32> = BTreeMap::new();
+    let mut rows: FxHashMap<Vec<u32>, u32> = FxHashMap::default();
     let mut match_sets: Vec<Vec<u32>> = Vec::new();
+    let total: usize = groups.iter().map(|g| g.accept.len()).sum();
+    transitions.reserve(total * width);
+    accept.reserve(total);
     for g in groups {
         // Group state s (s >= 1) becomes offset + s - 1; group dead stays 0.
         let offset = accept.len() as u32;
@@ -856,11 +895,12 @@ fn merge(groups: Vec<GroupDfa>, classes: &ByteClasses) -> Automaton {
             let set = &g.accept[s];
             let row = if set.is_empty() {
                 0
+            } else if let Some(&row) = rows.get(set) {
+                row
             } else {
-                *rows.entry(set.clone()).or_insert_with(|| {
-                    match_sets.push(set.clone());
-                    match_sets.len() as u32
-                })
+                match_sets.push(set.clone());
+                rows.insert(set.clone(), match_sets.len() as u32);
+                match_sets.len() as u32
             };
             accept.push(row);
         }
