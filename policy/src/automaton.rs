@@ -119,10 +119,11 @@ impl Automaton {
         if patterns.is_empty() {
             return Ok(Automaton::empty());
         }
-        let mut variants: Vec<(u32, Vec<Elem>)> = Vec::new();
+        let mut variants: Vec<(u32, Vec<Elem>)> = Vec::with_capacity(patterns.len());
         for (id, p) in patterns.iter().enumerate() {
-            let expanded = expand(p)?;
-            variants.extend(expanded.into_iter().map(|v| (id as u32, v)));
+            for v in expand(p)? {
+                variants.push((id as u32, v));
+            }
         }
         let classes = ByteClasses::new(&variants);
         let nfa = Nfa::new(&variants, &classes);
@@ -130,39 +131,36 @@ impl Automaton {
         // Anchored patterns first, floating ones second; a group that does not fit is halved.
         let (anchored, floating): (Vec<u32>, Vec<u32>) =
             (0..patterns.len() as u32).partition(|&id| !is_floating(&patterns[id as usize]));
-        let mut pending: VecDeque<Vec<u32>> = [anchored, floating]
-            .into_iter()
-            .filter(|g| !g.is_empty())
-            .collect();
-        let mut groups: Vec<GroupDfa> = Vec::new();
-        let budget = MAX_TABLE_ENTRIES / classes.count;
+        let mut pending: VecDeque<Vec<u32>> =
+            [anchored, floating].into_iter().filter(|g| !g.is_empty()).collect();
+        let mut out = Output::new(classes.count);
+        let mut walks = 0;
         while let Some(group) = pending.pop_front() {
-            let remaining_walks = MAX_WALKS - groups.len() - pending.len();
-            match nfa.determinize(&group, budget) {
-                Some(dfa) => groups.push(dfa),
-                None if group.len() > 1 && remaining_walks > 1 => {
-                    let half = group.len() / 2;
-                    pending.push_front(group[half..].to_vec());
-                    pending.push_front(group[..half].to_vec());
-                }
-                None => {
-                    return Err(AutomatonError::TooLarge {
-                        max_entries: MAX_TABLE_ENTRIES,
-                        max_walks: MAX_WALKS,
-                        example: patterns[group[0] as usize].as_str().to_string(),
-                    })
-                }
+            let remaining_walks = MAX_WALKS - walks - pending.len();
+            let budget = MAX_TABLE_ENTRIES / classes.count;
+            if nfa.determinize(&group, budget, &mut out) {
+                walks += 1;
+            } else if group.len() > 1 && remaining_walks > 1 {
+                let half = group.len() / 2;
+                pending.push_front(group[half..].to_vec());
+                pending.push_front(group[..half].to_vec());
+            } else {
+                return Err(AutomatonError::TooLarge {
+                    max_entries: MAX_TABLE_ENTRIES,
+                    max_walks: MAX_WALKS,
+                    example: patterns[group[0] as usize].as_str().to_string(),
+                });
             }
         }
-        let total: usize = groups.iter().map(|g| g.accept.len()).sum::<usize>() + 1;
-        if total * classes.count > MAX_TABLE_ENTRIES {
-            return Err(AutomatonError::TooLarge {
-                max_entries: MAX_TABLE_ENTRIES,
-                max_walks: MAX_WALKS,
-                example: patterns[0].as_str().to_string(),
-            });
-        }
-        Ok(merge(groups, &classes))
+        Ok(Automaton {
+            byte_classes: classes.of.to_vec(),
+            class_count: classes.count as u32,
+            state_count: out.accept.len() as u32,
+            starts: out.starts,
+            transitions: out.transitions,
+            accept: out.accept,
+            match_sets: out.match_sets,
+        })
     }
 
     /// Walks the tables over `input` once per start state, exactly as the BPF program does,
@@ -173,8 +171,7 @@ impl Automaton {
         for &start in &self.starts {
             let mut state = start;
             for &b in input {
-                state = self.transitions
-                    [state as usize * width + self.byte_classes[b as usize] as usize];
+                state = self.transitions[state as usize * width + self.byte_classes[b as usize] as usize];
                 if state == DEAD {
                     break;
                 }
@@ -233,6 +230,8 @@ fn subset(a: &ByteSet, b: &ByteSet) -> bool {
 /// An element of a linear pattern variant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Elem {
+    /// Exactly this byte.
+    Byte(u8),
     /// Exactly one byte of the set.
     One(ByteSet),
     /// Zero or more bytes of the set.
@@ -250,37 +249,25 @@ fn is_floating(p: &Pattern) -> bool {
 }
 
 fn expand(p: &Pattern) -> Result<Vec<Vec<Elem>>, AutomatonError> {
-    let mut prefixes = vec![Vec::new()];
+    let mut prefixes = vec![Vec::with_capacity(p.nodes().len() + 3)];
     if p.is_name_pattern() {
         // The last component of any path: nothing before it, or anything ending in '/'.
-        prefixes.push(vec![
-            Elem::Loop(ALL_BYTES),
-            Elem::One(byte_set([(b'/', b'/')])),
-        ]);
+        prefixes.push(vec![Elem::Loop(ALL_BYTES), Elem::Byte(b'/')]);
     }
     let mut out = Vec::new();
-    for prefix in prefixes {
-        for v in expand_nodes(p.nodes(), vec![prefix], p)? {
-            out.push(merge_loops(v));
-        }
+    for v in expand_nodes(p.nodes(), prefixes, p)? {
+        out.push(merge_loops(v));
     }
     Ok(out)
 }
 
-fn expand_nodes(
-    nodes: &[Node],
-    mut acc: Vec<Vec<Elem>>,
-    p: &Pattern,
-) -> Result<Vec<Vec<Elem>>, AutomatonError> {
-    let slash = || Elem::One(byte_set([(b'/', b'/')]));
+fn expand_nodes(nodes: &[Node], mut acc: Vec<Vec<Elem>>, p: &Pattern) -> Result<Vec<Vec<Elem>>, AutomatonError> {
     for node in nodes {
-        match node {
-            Node::Byte(b) => acc
-                .iter_mut()
-                .for_each(|v| v.push(Elem::One(byte_set([(*b, *b)])))),
-            Node::Any => acc.iter_mut().for_each(|v| v.push(Elem::One(not_slash()))),
-            Node::Star => acc.iter_mut().for_each(|v| v.push(Elem::Loop(not_slash()))),
-            Node::DoubleStar => acc.iter_mut().for_each(|v| v.push(Elem::Loop(ALL_BYTES))),
+        let simple = match node {
+            Node::Byte(b) => Some(Elem::Byte(*b)),
+            Node::Any => Some(Elem::One(not_slash())),
+            Node::Star => Some(Elem::Loop(not_slash())),
+            Node::DoubleStar => Some(Elem::Loop(ALL_BYTES)),
             Node::Class { negated, ranges } => {
                 let mut set = byte_set(ranges.iter().copied());
                 if *negated {
@@ -289,54 +276,64 @@ fn expand_nodes(
                         *w = !*w & m;
                     }
                 }
-                acc.iter_mut().for_each(|v| v.push(Elem::One(set)));
+                Some(Elem::One(set))
             }
-            Node::DeepDir => {
+            Node::DeepDir | Node::Alt(_) => None,
+        };
+        match (simple, node) {
+            (Some(e), _) => {
+                if let [v] = acc.as_mut_slice() {
+                    v.push(e);
+                } else {
+                    acc.iter_mut().for_each(|v| v.push(e.clone()));
+                }
+            }
+            (None, Node::DeepDir) => {
                 // '/' alone, or '/' anything '/'.
                 let mut next = Vec::with_capacity(acc.len() * 2);
                 for v in acc {
-                    let mut short = v.clone();
-                    short.push(slash());
-                    let mut long = v;
-                    long.extend([slash(), Elem::Loop(ALL_BYTES), slash()]);
+                    let mut long = v.clone();
+                    long.extend([Elem::Byte(b'/'), Elem::Loop(ALL_BYTES), Elem::Byte(b'/')]);
+                    let mut short = v;
+                    short.push(Elem::Byte(b'/'));
                     next.push(short);
                     next.push(long);
                 }
                 acc = next;
             }
-            Node::Alt(alts) => {
+            (None, Node::Alt(alts)) => {
                 let mut next = Vec::new();
                 for alt in alts {
                     next.extend(expand_nodes(alt, acc.clone(), p)?);
                 }
                 acc = next;
             }
+            (None, _) => unreachable!("every other node is simple"),
         }
         if acc.len() > MAX_VARIANTS_PER_PATTERN {
-            return Err(AutomatonError::TooManyAlternatives {
-                pattern: p.as_str().to_string(),
-            });
+            return Err(AutomatonError::TooManyAlternatives { pattern: p.as_str().to_string() });
         }
     }
     Ok(acc)
 }
 
 /// `A*B*` with one set inside the other is the larger loop alone.
-fn merge_loops(v: Vec<Elem>) -> Vec<Elem> {
-    let mut out: Vec<Elem> = Vec::with_capacity(v.len());
-    for e in v {
-        if let (Some(Elem::Loop(prev)), Elem::Loop(cur)) = (out.last_mut(), &e) {
+fn merge_loops(mut v: Vec<Elem>) -> Vec<Elem> {
+    let mut i = 1;
+    while i < v.len() {
+        if let (Elem::Loop(prev), Elem::Loop(cur)) = (&v[i - 1], &v[i]) {
             if subset(prev, cur) {
-                *prev = *cur;
+                v.remove(i - 1);
                 continue;
             }
             if subset(cur, prev) {
+                v.remove(i);
                 continue;
             }
         }
-        out.push(e);
+        i += 1;
     }
-    out
+    v
 }
 
 /// The partition of bytes into classes no pattern distinguishes.
@@ -349,48 +346,66 @@ impl ByteClasses {
     fn new(variants: &[(u32, Vec<Elem>)]) -> ByteClasses {
         let mut sets: Vec<ByteSet> = Vec::new();
         let mut seen: rustc_hash::FxHashSet<ByteSet> = Default::default();
+        let mut single = [false; 256];
         for (_, v) in variants {
             for e in v {
-                let (Elem::One(s) | Elem::Loop(s)) = e;
-                if *s != ALL_BYTES && seen.insert(*s) {
-                    sets.push(*s);
+                match e {
+                    Elem::Byte(b) => single[*b as usize] = true,
+                    Elem::One(s) | Elem::Loop(s) => {
+                        if *s != ALL_BYTES && seen.insert(*s) {
+                            sets.push(*s);
+                        }
+                    }
                 }
             }
         }
-        // Refine: split every class by membership in each set in turn.
-        let mut of = [0u8; 256];
+        // Refine: split every class by membership in each set in turn, then give every byte
+        // that a pattern names on its own a class of its own.
+        let mut of = [0u16; 256];
         let mut count = 1usize;
         for set in &sets {
-            // New id for (old class, inside the set), assigned in byte order.
-            let mut split: [[u16; 2]; 256] = [[u16::MAX; 2]; 256];
+            let mut split: Vec<[u16; 2]> = vec![[u16::MAX; 2]; count];
             let mut next = 0usize;
             for (b, slot) in of.iter_mut().enumerate() {
-                let inside = usize::from(contains(set, b as u8));
-                let id = &mut split[*slot as usize][inside];
+                let id = &mut split[*slot as usize][usize::from(contains(set, b as u8))];
                 if *id == u16::MAX {
                     *id = next as u16;
                     next += 1;
                 }
-                *slot = *id as u8;
+                *slot = *id;
             }
             count = next;
         }
-        ByteClasses { of, count }
+        let mut members = vec![0u16; count];
+        for &c in &of {
+            members[c as usize] += 1;
+        }
+        for b in 0..256 {
+            let c = of[b] as usize;
+            if single[b] && members[c] > 1 {
+                members[c] -= 1;
+                of[b] = count as u16;
+                members.push(1);
+                count += 1;
+            }
+        }
+        // Number the classes by their smallest byte, so the numbering reads naturally.
+        let mut renumber = vec![u16::MAX; count];
+        let mut out = [0u8; 256];
+        let mut next = 0usize;
+        for (b, &c) in of.iter().enumerate() {
+            if renumber[c as usize] == u16::MAX {
+                renumber[c as usize] = next as u16;
+                next += 1;
+            }
+            out[b] = renumber[c as usize] as u8;
+        }
+        ByteClasses { of: out, count }
     }
 
     /// The classes a byte set covers, as a bit set over classes.
     fn classes_of(&self, s: &ByteSet) -> ByteSet {
         let mut out = [0u64; 4];
-        if s.iter().map(|w| w.count_ones()).sum::<u32>() == 1 {
-            let b = s
-                .iter()
-                .enumerate()
-                .find(|(_, w)| **w != 0)
-                .map_or(0, |(i, w)| i * 64 + w.trailing_zeros() as usize);
-            let c = self.of[b];
-            out[(c >> 6) as usize] |= 1 << (c & 63);
-            return out;
-        }
         for b in 0..=255u8 {
             if contains(s, b) {
                 let c = self.of[b as usize];
@@ -409,44 +424,43 @@ const END: u8 = 2;
 /// position after the last element accepts the variant's pattern.
 struct Nfa {
     kind: Vec<u8>,
+    /// The classes each position moves on.
     classes: Vec<ByteSet>,
     pattern: Vec<u32>,
+    /// Loops over every byte: once reached, never left.
     sticky: Vec<bool>,
-    /// First position of each variant.
-    starts_of_pattern: FxHashMap<u32, Vec<u32>>,
+    /// First position of each variant, by pattern.
+    starts_of_pattern: Vec<Vec<u32>>,
     class_count: usize,
-}
-
-/// The DFA of one group, with group-local state numbers (0 is dead).
-struct GroupDfa {
-    transitions: Vec<u32>,
-    accept: Vec<Vec<u32>>,
-    start: u32,
 }
 
 impl Nfa {
     fn new(variants: &[(u32, Vec<Elem>)], bc: &ByteClasses) -> Nfa {
+        let positions: usize = variants.iter().map(|(_, v)| v.len() + 1).sum();
+        let patterns = variants.iter().map(|(id, _)| *id as usize + 1).max().unwrap_or(0);
         let mut nfa = Nfa {
-            kind: Vec::new(),
-            classes: Vec::new(),
-            pattern: Vec::new(),
-            sticky: Vec::new(),
-            starts_of_pattern: FxHashMap::default(),
+            kind: Vec::with_capacity(positions),
+            classes: Vec::with_capacity(positions),
+            pattern: Vec::with_capacity(positions),
+            sticky: Vec::with_capacity(positions),
+            starts_of_pattern: vec![Vec::new(); patterns],
             class_count: bc.count,
         };
         let all_classes = bc.classes_of(&ALL_BYTES);
         let mut cache: FxHashMap<ByteSet, ByteSet> = FxHashMap::default();
         for (id, v) in variants {
-            nfa.starts_of_pattern
-                .entry(*id)
-                .or_default()
-                .push(nfa.kind.len() as u32);
+            nfa.starts_of_pattern[*id as usize].push(nfa.kind.len() as u32);
             for e in v {
-                let (kind, set) = match e {
-                    Elem::One(s) => (ONE, s),
-                    Elem::Loop(s) => (LOOP, s),
+                let (kind, cls) = match e {
+                    Elem::Byte(b) => {
+                        let c = bc.of[*b as usize];
+                        let mut cls = [0u64; 4];
+                        cls[(c >> 6) as usize] |= 1 << (c & 63);
+                        (ONE, cls)
+                    }
+                    Elem::One(s) => (ONE, *cache.entry(*s).or_insert_with(|| bc.classes_of(s))),
+                    Elem::Loop(s) => (LOOP, *cache.entry(*s).or_insert_with(|| bc.classes_of(s))),
                 };
-                let cls = *cache.entry(*set).or_insert_with(|| bc.classes_of(set));
                 nfa.kind.push(kind);
                 nfa.sticky.push(kind == LOOP && cls == all_classes);
                 nfa.classes.push(cls);
@@ -471,20 +485,30 @@ impl Nfa {
         }
     }
 
-    fn determinize(&self, group: &[u32], max_states: usize) -> Option<GroupDfa> {
-        let mut d = Determinizer::new(self);
+    /// Where a position goes on a byte it accepts: the next one, or itself for a loop.
+    fn advance(&self, p: u32) -> u32 {
+        if self.kind[p as usize] == ONE {
+            p + 1
+        } else {
+            p
+        }
+    }
+
+    /// Determinizes one group of patterns into `out`; returns false (leaving `out` as it
+    /// was) when the group needs more than `max_states` states.
+    fn determinize(&self, group: &[u32], max_states: usize, out: &mut Output) -> bool {
+        let saved = out.save();
+        let width = self.class_count;
+        let mut d = Determinizer::new(self, out.accept.len() as u32);
         let mut start = Vec::new();
         for id in group {
-            for &p in &self.starts_of_pattern[id] {
+            for &p in &self.starts_of_pattern[*id as usize] {
                 self.close(p, &mut start);
             }
         }
         let start = d.intern(0, &mut start);
-        let width = self.class_count;
-        let mut transitions: Vec<u32> = vec![DEAD; width];
         let mut explicit: Vec<u32> = Vec::new();
-        let mut base_row: Vec<u32> = Vec::with_capacity(width);
-        let mut known: Vec<u32> = Vec::with_capacity(width);
+        let mut steps_of_class: Vec<u32> = Vec::with_capacity(width);
         let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); width];
         // Per class: which explicit positions (by index, up to 64) accept it. Classes with the
         // same mask and the same move of the sticky part have the same successor, so each
@@ -493,24 +517,24 @@ impl Nfa {
         let mut masks: Vec<u64> = vec![0; width];
         let mut combos: Vec<(u64, u32, u32)> = Vec::new();
         let mut set: Vec<u32> = Vec::new();
-        let mut next_state = 1usize;
-        while next_state < d.state_count() {
+        let mut local = 1usize;
+        while local < d.state_count() {
             if d.state_count() > max_states {
-                return None;
+                out.restore(saved);
+                return false;
             }
-            let key = d.state_key(next_state);
+            let key = d.state_key(local);
             let sid = key[0];
             explicit.clear();
             explicit.extend_from_slice(&key[1..]);
             d.ensure_row(sid);
-            base_row.clear();
-            base_row.extend_from_slice(&d.sticky[sid as usize].step_of_class);
-            known.clear();
-            known.extend_from_slice(&d.sticky[sid as usize].class_targets);
+            let row = &d.sticky[sid as usize];
+            steps_of_class.clear();
+            steps_of_class.extend_from_slice(&row.step_of_class);
             // Start from the row the sticky part alone gives, then patch the classes on which
             // explicit positions move.
-            let row_start = transitions.len();
-            transitions.extend_from_slice(&known);
+            let row_start = out.transitions.len();
+            out.transitions.extend_from_slice(&row.class_targets);
             if explicit.len() <= 64 {
                 masks.iter_mut().for_each(|m| *m = 0);
                 for (i, &p) in explicit.iter().enumerate() {
@@ -525,40 +549,31 @@ impl Nfa {
                     if mask == 0 {
                         continue;
                     }
-                    let base = base_row[c];
-                    transitions[row_start + c] = if let Some(&(_, _, to)) =
-                        combos.iter().find(|(m, b, _)| *m == mask && *b == base)
-                    {
-                        to
-                    } else {
-                        set.clear();
-                        let mut bits = mask;
-                        while bits != 0 {
-                            let p = explicit[bits.trailing_zeros() as usize];
-                            bits &= bits - 1;
-                            self.close(
-                                if self.kind[p as usize] == ONE {
-                                    p + 1
-                                } else {
-                                    p
-                                },
-                                &mut set,
-                            );
-                        }
-                        set.extend_from_slice(&d.sticky[sid as usize].steps[base as usize]);
-                        let to = d.intern(sid, &mut set);
-                        combos.push((mask, base, to));
-                        to
-                    };
+                    let step = steps_of_class[c];
+                    out.transitions[row_start + c] =
+                        if let Some(&(_, _, to)) = combos.iter().find(|(m, s, _)| *m == mask && *s == step) {
+                            to
+                        } else {
+                            set.clear();
+                            let mut bits = mask;
+                            while bits != 0 {
+                                let p = explicit[bits.trailing_zeros() as usize];
+                                bits &= bits - 1;
+                                self.close(self.advance(p), &mut set);
+                            }
+                            set.extend_from_slice(&d.sticky[sid as usize].steps[step as usize]);
+                            let to = d.intern(sid, &mut set);
+                            combos.push((mask, step, to));
+                            to
+                        };
                 }
             } else {
                 // Many positions (e.g. a thousand patterns sharing a prefix): one bucket per
                 // class.
                 for &p in &explicit {
-                    let k = self.kind[p as usize];
-                    if k != END {
+                    if self.kind[p as usize] != END {
                         for c in iter_bits(&self.classes[p as usize]) {
-                            self.close(if k == ONE { p + 1 } else { p }, &mut buckets[c]);
+                            self.close(self.advance(p), &mut buckets[c]);
                         }
                     }
                 }
@@ -567,31 +582,32 @@ impl Nfa {
                         continue;
                     }
                     let mut set = std::mem::take(&mut buckets[c]);
-                    set.extend_from_slice(&d.sticky[sid as usize].steps[base_row[c] as usize]);
-                    transitions[row_start + c] = d.intern(sid, &mut set);
+                    set.extend_from_slice(&d.sticky[sid as usize].steps[steps_of_class[c] as usize]);
+                    out.transitions[row_start + c] = d.intern(sid, &mut set);
                     set.clear();
                     buckets[c] = set;
                 }
             }
-            // Classes left to the sticky part whose target was never needed before.
+            // Classes left to the sticky part whose target nothing needed before.
             for c in 0..width {
-                if transitions[row_start + c] == u32::MAX {
-                    transitions[row_start + c] = d.class_target(sid, c);
+                if out.transitions[row_start + c] == UNKNOWN {
+                    out.transitions[row_start + c] = d.class_target(sid, c);
                 }
             }
-            next_state += 1;
+            out.push_accept(d.accepts(local));
+            local += 1;
         }
         if d.state_count() > max_states {
-            return None;
+            out.restore(saved);
+            return false;
         }
-        let accept = (0..d.state_count()).map(|i| d.accepts(i)).collect();
-        Some(GroupDfa {
-            transitions,
-            accept,
-            start,
-        })
+        out.starts.push(start);
+        true
     }
 }
+
+/// "Not computed yet" in the per-class target rows.
+const UNKNOWN: u32 = u32::MAX;
 
 fn iter_bits(s: &ByteSet) -> impl Iterator<Item = usize> + '_ {
     s.iter().enumerate().flat_map(|(w, &word)| {
@@ -607,20 +623,70 @@ fn iter_bits(s: &ByteSet) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
+/// The shared tables every group is written into. Row 0 is the dead state.
+struct Output {
+    transitions: Vec<u32>,
+    accept: Vec<u32>,
+    starts: Vec<u32>,
+    match_sets: Vec<Vec<u32>>,
+    rows: FxHashMap<Vec<u32>, u32>,
+}
+
+impl Output {
+    fn new(width: usize) -> Output {
+        Output {
+            transitions: vec![DEAD; width],
+            accept: vec![0],
+            starts: Vec::new(),
+            match_sets: Vec::new(),
+            rows: FxHashMap::default(),
+        }
+    }
+
+    fn push_accept(&mut self, set: Vec<u32>) {
+        let row = if set.is_empty() {
+            0
+        } else if let Some(&row) = self.rows.get(&set) {
+            row
+        } else {
+            self.match_sets.push(set.clone());
+            let row = self.match_sets.len() as u32;
+            self.rows.insert(set, row);
+            row
+        };
+        self.accept.push(row);
+    }
+
+    fn save(&self) -> (usize, usize, usize) {
+        (self.transitions.len(), self.accept.len(), self.match_sets.len())
+    }
+
+    fn restore(&mut self, (t, a, m): (usize, usize, usize)) {
+        self.transitions.truncate(t);
+        self.accept.truncate(a);
+        for set in self.match_sets.drain(m..) {
+            self.rows.remove(&set);
+        }
+    }
+}
+
 /// Subset construction state: DFA states are (sticky set, other positions).
 ///
 /// A sticky position loops on every byte, so once a state holds it every later state does
-/// too, along with the positions its closure reaches (its *base*). States therefore store
-/// only the sticky set's id and the positions outside the sticky set and its base; the moves
-/// of the sticky part are computed once per sticky set and cached.
+/// too, along with the positions its closure reaches. States therefore store only the sticky
+/// set's id and the positions outside the sticky set's closure; the moves of the sticky part
+/// are computed once per sticky set and cached.
+///
+/// State numbers are local (0 is dead, then 1, 2, ... in discovery order); what the tables
+/// hold is the global number `offset + local - 1` (0 stays 0).
 struct Determinizer<'a> {
     nfa: &'a Nfa,
+    offset: u32,
     /// Every state's key (its sticky set id followed by its other positions), end to end.
-    /// State 0 is dead: no sticky positions, nothing else.
     keys: Vec<u32>,
     /// Where each state's key starts in `keys` (one extra entry marks the end).
     key_starts: Vec<u32>,
-    /// State ids by key hash.
+    /// Local state ids by key hash.
     ids: hashbrown::HashTable<u32>,
     /// The sticky sets met so far; 0 is the empty set.
     sticky: Vec<StickySet>,
@@ -645,10 +711,10 @@ struct StickySet {
     steps: Vec<Box<[u32]>>,
     /// Per class: the index of its set in `steps` (empty until computed).
     step_of_class: Vec<u32>,
-    /// Per step: the state reached when only the implied positions move (`u32::MAX` until
-    /// needed: states nothing reaches must not be created).
+    /// Per step: the global state reached when only the implied positions move
+    /// (`UNKNOWN` until needed: states nothing reaches must not be created).
     step_targets: Vec<u32>,
-    /// Per class: the same, by class (`u32::MAX` until needed).
+    /// Per class: the same, by class (`UNKNOWN` until needed).
     class_targets: Vec<u32>,
 }
 
@@ -660,9 +726,10 @@ fn hash_key(key: &[u32]) -> u64 {
 }
 
 impl<'a> Determinizer<'a> {
-    fn new(nfa: &'a Nfa) -> Self {
+    fn new(nfa: &'a Nfa, offset: u32) -> Self {
         let mut d = Determinizer {
             nfa,
+            offset,
             keys: Vec::new(),
             key_starts: vec![0],
             ids: hashbrown::HashTable::new(),
@@ -676,6 +743,14 @@ impl<'a> Determinizer<'a> {
         d.key.push(0);
         d.insert_key();
         d
+    }
+
+    fn global(&self, local: u32) -> u32 {
+        if local == 0 {
+            DEAD
+        } else {
+            self.offset + local - 1
+        }
     }
 
     fn new_sticky_set(&mut self, positions: Box<[u32]>) -> u32 {
@@ -712,12 +787,7 @@ impl<'a> Determinizer<'a> {
         if let Some(&id) = self.grown.get(&(sid, added.clone())) {
             return id;
         }
-        let mut set: Vec<u32> = self.sticky[sid as usize]
-            .positions
-            .iter()
-            .chain(added.iter())
-            .copied()
-            .collect();
+        let mut set: Vec<u32> = self.sticky[sid as usize].positions.iter().chain(added.iter()).copied().collect();
         set.sort_unstable();
         set.dedup();
         let set: Box<[u32]> = set.into();
@@ -729,20 +799,19 @@ impl<'a> Determinizer<'a> {
         id
     }
 
-    /// The state id of sticky set `sid` plus the (closed) positions in `extra`, which this
-    /// reorders and filters.
+    /// The global state id of sticky set `sid` plus the (closed) positions in `extra`, which
+    /// this reorders and filters.
     fn intern(&mut self, sid: u32, extra: &mut Vec<u32>) -> u32 {
-        extra.sort_unstable();
-        extra.dedup();
+        if extra.len() > 1 {
+            extra.sort_unstable();
+            extra.dedup();
+        }
         let implied = &self.sticky[sid as usize].implied;
-        extra.retain(|p| implied.binary_search(p).is_err());
+        if !implied.is_empty() {
+            extra.retain(|p| implied.binary_search(p).is_err());
+        }
         self.added.clear();
-        self.added.extend(
-            extra
-                .iter()
-                .copied()
-                .filter(|&p| self.nfa.sticky[p as usize]),
-        );
+        self.added.extend(extra.iter().copied().filter(|&p| self.nfa.sticky[p as usize]));
         let sid = if self.added.is_empty() {
             sid
         } else {
@@ -754,15 +823,15 @@ impl<'a> Determinizer<'a> {
         self.key.clear();
         self.key.push(sid);
         self.key.extend_from_slice(extra);
-        self.insert_key()
+        let local = self.insert_key();
+        self.global(local)
     }
 
-    /// The id of the state whose key is in `self.key`, added if new.
+    /// The local id of the state whose key is in `self.key`, added if new.
     fn insert_key(&mut self) -> u32 {
         let hash = hash_key(&self.key);
         let (keys, starts) = (&self.keys, &self.key_starts);
-        let key_of =
-            |id: u32| &keys[starts[id as usize] as usize..starts[id as usize + 1] as usize];
+        let key_of = |id: u32| &keys[starts[id as usize] as usize..starts[id as usize + 1] as usize];
         if let Some(&id) = self.ids.find(hash, |&id| key_of(id) == self.key.as_slice()) {
             return id;
         }
@@ -776,14 +845,14 @@ impl<'a> Determinizer<'a> {
         id
     }
 
-    /// Number of states so far.
+    /// Number of states so far, the dead state included.
     fn state_count(&self) -> usize {
         self.key_starts.len() - 1
     }
 
-    /// The key of a state: its sticky set id, then its other positions.
-    fn state_key(&self, id: usize) -> &[u32] {
-        &self.keys[self.key_starts[id] as usize..self.key_starts[id + 1] as usize]
+    /// The key of a local state: its sticky set id, then its other positions.
+    fn state_key(&self, local: usize) -> &[u32] {
+        &self.keys[self.key_starts[local] as usize..self.key_starts[local + 1] as usize]
     }
 
     /// Computes, once per sticky set, where its implied positions go on every class.
@@ -793,66 +862,63 @@ impl<'a> Determinizer<'a> {
         }
         let nfa = self.nfa;
         let width = nfa.class_count;
-        let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); width];
         let set = &self.sticky[sid as usize];
-        for &p in set.implied.iter() {
-            let target = match nfa.kind[p as usize] {
-                ONE => p + 1,
-                LOOP => p,
-                _ => continue,
-            };
-            for c in iter_bits(&nfa.classes[p as usize]) {
-                nfa.close(target, &mut buckets[c]);
-            }
-        }
         let mut steps: Vec<Box<[u32]>> = Vec::new();
         let mut step_of_class = Vec::with_capacity(width);
-        let mut seen: FxHashMap<Vec<u32>, u32> = FxHashMap::default();
-        for mut bucket in buckets {
-            bucket.sort_unstable();
-            bucket.dedup();
-            bucket.retain(|p| set.implied.binary_search(p).is_err());
-            let next = steps.len() as u32;
-            let id = *seen.entry(bucket).or_insert_with_key(|b| {
-                steps.push(b.as_slice().into());
-                next
-            });
-            step_of_class.push(id);
+        if set.implied.is_empty() {
+            // Nothing sticky: every class goes nowhere unless explicit positions move.
+            steps.push(Box::new([]));
+            step_of_class.resize(width, 0);
+        } else {
+            let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); width];
+            for &p in set.implied.iter() {
+                if nfa.kind[p as usize] == END {
+                    continue;
+                }
+                for c in iter_bits(&nfa.classes[p as usize]) {
+                    nfa.close(nfa.advance(p), &mut buckets[c]);
+                }
+            }
+            let mut seen: FxHashMap<Vec<u32>, u32> = FxHashMap::default();
+            for mut bucket in buckets {
+                bucket.sort_unstable();
+                bucket.dedup();
+                bucket.retain(|p| set.implied.binary_search(p).is_err());
+                let next = steps.len() as u32;
+                let id = *seen.entry(bucket).or_insert_with_key(|b| {
+                    steps.push(b.as_slice().into());
+                    next
+                });
+                step_of_class.push(id);
+            }
         }
         let set = &mut self.sticky[sid as usize];
-        set.step_targets = vec![u32::MAX; steps.len()];
-        set.class_targets = vec![u32::MAX; width];
+        set.step_targets = vec![UNKNOWN; steps.len()];
+        set.class_targets = vec![UNKNOWN; width];
         set.steps = steps;
         set.step_of_class = step_of_class;
     }
 
-    /// The state reached from sticky set `sid` on class `c` when nothing else moves.
+    /// The global state reached from sticky set `sid` on class `c` when nothing else moves.
     fn class_target(&mut self, sid: u32, c: usize) -> u32 {
         let t = self.sticky[sid as usize].class_targets[c];
-        if t != u32::MAX {
+        if t != UNKNOWN {
             return t;
         }
-        let step = self.sticky[sid as usize].step_of_class[c];
-        let t = self.step_target(sid, step);
+        let step = self.sticky[sid as usize].step_of_class[c] as usize;
+        let mut t = self.sticky[sid as usize].step_targets[step];
+        if t == UNKNOWN {
+            let mut set = self.sticky[sid as usize].steps[step].to_vec();
+            t = self.intern(sid, &mut set);
+            self.sticky[sid as usize].step_targets[step] = t;
+        }
         self.sticky[sid as usize].class_targets[c] = t;
         t
     }
 
-    /// The state reached from sticky set `sid` by step `step` when nothing else moves.
-    fn step_target(&mut self, sid: u32, step: u32) -> u32 {
-        let t = self.sticky[sid as usize].step_targets[step as usize];
-        if t != u32::MAX {
-            return t;
-        }
-        let mut set = self.sticky[sid as usize].steps[step as usize].to_vec();
-        let t = self.intern(sid, &mut set);
-        self.sticky[sid as usize].step_targets[step as usize] = t;
-        t
-    }
-
-    /// The sorted pattern ids a state accepts.
-    fn accepts(&self, state: usize) -> Vec<u32> {
-        let key = self.state_key(state);
+    /// The sorted pattern ids a local state accepts.
+    fn accepts(&self, local: usize) -> Vec<u32> {
+        let key = self.state_key(local);
         let base = &self.sticky[key[0] as usize].accepts;
         let mut out: Vec<u32> = key[1..]
             .iter()
@@ -866,53 +932,6 @@ impl<'a> Determinizer<'a> {
         out.sort_unstable();
         out.dedup();
         out
-    }
-}
-
-/// Puts the groups' states into one table (after the shared dead state) and interns the
-/// match sets.
-fn merge(groups: Vec<GroupDfa>, classes: &ByteClasses) -> Automaton {
-    let width = classes.count;
-    let mut transitions: Vec<u32> = vec![DEAD; width];
-    let mut accept: Vec<u32> = vec![0];
-    let mut starts = Vec::new();
-    let mut rows: FxHashMap<Vec<u32>, u32> = FxHashMap::default();
-    let mut match_sets: Vec<Vec<u32>> = Vec::new();
-    let total: usize = groups.iter().map(|g| g.accept.len()).sum();
-    transitions.reserve(total * width);
-    accept.reserve(total);
-    for g in groups {
-        // Group state s (s >= 1) becomes offset + s - 1; group dead stays 0.
-        let offset = accept.len() as u32;
-        let map = |s: u32| if s == DEAD { DEAD } else { offset + s - 1 };
-        starts.push(map(g.start));
-        for s in 1..g.accept.len() {
-            transitions.extend(
-                g.transitions[s * width..(s + 1) * width]
-                    .iter()
-                    .map(|&t| map(t)),
-            );
-            let set = &g.accept[s];
-            let row = if set.is_empty() {
-                0
-            } else if let Some(&row) = rows.get(set) {
-                row
-            } else {
-                match_sets.push(set.clone());
-                rows.insert(set.clone(), match_sets.len() as u32);
-                match_sets.len() as u32
-            };
-            accept.push(row);
-        }
-    }
-    Automaton {
-        byte_classes: classes.of.to_vec(),
-        class_count: width as u32,
-        state_count: accept.len() as u32,
-        starts,
-        transitions,
-        accept,
-        match_sets,
     }
 }
 
