@@ -535,7 +535,27 @@ impl Nfa {
             // explicit positions move.
             let row_start = out.transitions.len();
             out.transitions.extend_from_slice(&row.class_targets);
-            if explicit.len() <= 64 {
+            if let [p] = explicit[..] {
+                // One position (inside a literal run, the commonest state): its classes all
+                // lead to the same positions, merged with each class's sticky move.
+                if self.kind[p as usize] != END {
+                    combos.clear();
+                    for c in iter_bits(&self.classes[p as usize]) {
+                        let step = steps_of_class[c];
+                        out.transitions[row_start + c] = match combos.iter().find(|(_, s, _)| *s == step) {
+                            Some(&(_, _, to)) => to,
+                            None => {
+                                set.clear();
+                                self.close(self.advance(p), &mut set);
+                                set.extend_from_slice(&d.sticky[sid as usize].steps[step as usize]);
+                                let to = d.intern(sid, &mut set);
+                                combos.push((1, step, to));
+                                to
+                            }
+                        };
+                    }
+                }
+            } else if explicit.len() <= 64 {
                 masks.iter_mut().for_each(|m| *m = 0);
                 for (i, &p) in explicit.iter().enumerate() {
                     if self.kind[p as usize] != END {
@@ -589,12 +609,20 @@ impl Nfa {
                 }
             }
             // Classes left to the sticky part whose target nothing needed before.
-            for c in 0..width {
-                if out.transitions[row_start + c] == UNKNOWN {
-                    out.transitions[row_start + c] = d.class_target(sid, c);
+            if !d.sticky[sid as usize].complete {
+                let mut complete = true;
+                for c in 0..width {
+                    if out.transitions[row_start + c] == UNKNOWN {
+                        out.transitions[row_start + c] = d.class_target(sid, c);
+                    }
+                    complete &= d.sticky[sid as usize].class_targets[c] != UNKNOWN;
                 }
+                d.sticky[sid as usize].complete = complete;
             }
-            out.push_accept(d.accepts(local));
+            match d.accepts(local) {
+                Some(set) => out.push_accept(set),
+                None => out.accept.push(0),
+            }
             local += 1;
         }
         if d.state_count() > max_states {
@@ -716,6 +744,8 @@ struct StickySet {
     step_targets: Vec<u32>,
     /// Per class: the same, by class (`UNKNOWN` until needed).
     class_targets: Vec<u32>,
+    /// Whether every entry of `class_targets` is known.
+    complete: bool,
 }
 
 fn hash_key(key: &[u32]) -> u64 {
@@ -777,6 +807,7 @@ impl<'a> Determinizer<'a> {
             step_of_class: Vec::new(),
             step_targets: Vec::new(),
             class_targets: Vec::new(),
+            complete: false,
         });
         id
     }
@@ -893,8 +924,15 @@ impl<'a> Determinizer<'a> {
             }
         }
         let set = &mut self.sticky[sid as usize];
-        set.step_targets = vec![UNKNOWN; steps.len()];
-        set.class_targets = vec![UNKNOWN; width];
+        if set.implied.is_empty() {
+            // Nothing sticky: without explicit moves every class leads to the dead state.
+            set.step_targets = vec![DEAD];
+            set.class_targets = vec![DEAD; width];
+            set.complete = true;
+        } else {
+            set.step_targets = vec![UNKNOWN; steps.len()];
+            set.class_targets = vec![UNKNOWN; width];
+        }
         set.steps = steps;
         set.step_of_class = step_of_class;
     }
@@ -916,22 +954,19 @@ impl<'a> Determinizer<'a> {
         t
     }
 
-    /// The sorted pattern ids a local state accepts.
-    fn accepts(&self, local: usize) -> Vec<u32> {
+    /// The sorted pattern ids a local state accepts, or `None` when it accepts nothing.
+    fn accepts(&self, local: usize) -> Option<Vec<u32>> {
         let key = self.state_key(local);
         let base = &self.sticky[key[0] as usize].accepts;
-        let mut out: Vec<u32> = key[1..]
-            .iter()
-            .filter(|&&p| self.nfa.kind[p as usize] == END)
-            .map(|&p| self.nfa.pattern[p as usize])
-            .collect();
-        if out.is_empty() {
-            return base.to_vec();
+        let ends = key[1..].iter().filter(|&&p| self.nfa.kind[p as usize] == END);
+        if base.is_empty() && ends.clone().next().is_none() {
+            return None;
         }
+        let mut out: Vec<u32> = ends.map(|&p| self.nfa.pattern[p as usize]).collect();
         out.extend_from_slice(base);
         out.sort_unstable();
         out.dedup();
-        out
+        Some(out)
     }
 }
 
