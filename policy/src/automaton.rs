@@ -131,9 +131,11 @@ impl Automaton {
         // Anchored patterns first, floating ones second; a group that does not fit is halved.
         let (anchored, floating): (Vec<u32>, Vec<u32>) =
             (0..patterns.len() as u32).partition(|&id| !is_floating(&patterns[id as usize]));
-        let mut pending: VecDeque<Vec<u32>> =
-            [anchored, floating].into_iter().filter(|g| !g.is_empty()).collect();
-        let mut out = Output::new(classes.count);
+        let mut pending: VecDeque<Vec<u32>> = [anchored, floating]
+            .into_iter()
+            .filter(|g| !g.is_empty())
+            .collect();
+        let mut out = Output::new(classes.count, nfa.kind.len());
         let mut walks = 0;
         while let Some(group) = pending.pop_front() {
             let remaining_walks = MAX_WALKS - walks - pending.len();
@@ -171,7 +173,8 @@ impl Automaton {
         for &start in &self.starts {
             let mut state = start;
             for &b in input {
-                state = self.transitions[state as usize * width + self.byte_classes[b as usize] as usize];
+                state = self.transitions
+                    [state as usize * width + self.byte_classes[b as usize] as usize];
                 if state == DEAD {
                     break;
                 }
@@ -261,7 +264,11 @@ fn expand(p: &Pattern) -> Result<Vec<Vec<Elem>>, AutomatonError> {
     Ok(out)
 }
 
-fn expand_nodes(nodes: &[Node], mut acc: Vec<Vec<Elem>>, p: &Pattern) -> Result<Vec<Vec<Elem>>, AutomatonError> {
+fn expand_nodes(
+    nodes: &[Node],
+    mut acc: Vec<Vec<Elem>>,
+    p: &Pattern,
+) -> Result<Vec<Vec<Elem>>, AutomatonError> {
     for node in nodes {
         let simple = match node {
             Node::Byte(b) => Some(Elem::Byte(*b)),
@@ -311,7 +318,9 @@ fn expand_nodes(nodes: &[Node], mut acc: Vec<Vec<Elem>>, p: &Pattern) -> Result<
             (None, _) => unreachable!("every other node is simple"),
         }
         if acc.len() > MAX_VARIANTS_PER_PATTERN {
-            return Err(AutomatonError::TooManyAlternatives { pattern: p.as_str().to_string() });
+            return Err(AutomatonError::TooManyAlternatives {
+                pattern: p.as_str().to_string(),
+            });
         }
     }
     Ok(acc)
@@ -426,9 +435,15 @@ struct Nfa {
     kind: Vec<u8>,
     /// The classes each position moves on.
     classes: Vec<ByteSet>,
+    /// The class of a position that moves on exactly one class (a literal byte), else
+    /// `NO_CLASS`: lets the hot loops skip scanning the bit set.
+    single: Vec<u16>,
     pattern: Vec<u32>,
     /// Loops over every byte: once reached, never left.
     sticky: Vec<bool>,
+    /// Positions in the closure of some sticky position: the only ones a sticky set can
+    /// imply, so the only ones worth looking up in it.
+    near_sticky: Vec<bool>,
     /// First position of each variant, by pattern.
     starts_of_pattern: Vec<Vec<u32>>,
     class_count: usize,
@@ -437,17 +452,32 @@ struct Nfa {
 impl Nfa {
     fn new(variants: &[(u32, Vec<Elem>)], bc: &ByteClasses) -> Nfa {
         let positions: usize = variants.iter().map(|(_, v)| v.len() + 1).sum();
-        let patterns = variants.iter().map(|(id, _)| *id as usize + 1).max().unwrap_or(0);
+        let patterns = variants
+            .iter()
+            .map(|(id, _)| *id as usize + 1)
+            .max()
+            .unwrap_or(0);
         let mut nfa = Nfa {
             kind: Vec::with_capacity(positions),
             classes: Vec::with_capacity(positions),
+            single: Vec::with_capacity(positions),
             pattern: Vec::with_capacity(positions),
             sticky: Vec::with_capacity(positions),
+            near_sticky: Vec::new(),
             starts_of_pattern: vec![Vec::new(); patterns],
             class_count: bc.count,
         };
         let all_classes = bc.classes_of(&ALL_BYTES);
-        let mut cache: FxHashMap<ByteSet, ByteSet> = FxHashMap::default();
+        // Few distinct sets occur (`*`, `**`, `?`, a few classes): a short list beats a map.
+        let mut cache: Vec<(ByteSet, ByteSet)> = Vec::new();
+        let mut classes_of = |s: &ByteSet| match cache.iter().find(|(k, _)| k == s) {
+            Some((_, v)) => *v,
+            None => {
+                let v = bc.classes_of(s);
+                cache.push((*s, v));
+                v
+            }
+        };
         for (id, v) in variants {
             nfa.starts_of_pattern[*id as usize].push(nfa.kind.len() as u32);
             for e in v {
@@ -458,18 +488,37 @@ impl Nfa {
                         cls[(c >> 6) as usize] |= 1 << (c & 63);
                         (ONE, cls)
                     }
-                    Elem::One(s) => (ONE, *cache.entry(*s).or_insert_with(|| bc.classes_of(s))),
-                    Elem::Loop(s) => (LOOP, *cache.entry(*s).or_insert_with(|| bc.classes_of(s))),
+                    Elem::One(s) => (ONE, classes_of(s)),
+                    Elem::Loop(s) => (LOOP, classes_of(s)),
+                };
+                let single = if kind == ONE && cls.iter().map(|w| w.count_ones()).sum::<u32>() == 1
+                {
+                    iter_bits(&cls).next().map_or(NO_CLASS, |c| c as u16)
+                } else {
+                    NO_CLASS
                 };
                 nfa.kind.push(kind);
                 nfa.sticky.push(kind == LOOP && cls == all_classes);
                 nfa.classes.push(cls);
+                nfa.single.push(single);
                 nfa.pattern.push(*id);
             }
             nfa.kind.push(END);
             nfa.sticky.push(false);
             nfa.classes.push([0; 4]);
+            nfa.single.push(NO_CLASS);
             nfa.pattern.push(*id);
+        }
+        nfa.near_sticky = vec![false; nfa.kind.len()];
+        let mut closure = Vec::new();
+        for p in 0..nfa.kind.len() {
+            if nfa.sticky[p] {
+                closure.clear();
+                nfa.close(p as u32, &mut closure);
+                for &q in &closure {
+                    nfa.near_sticky[q as usize] = true;
+                }
+            }
         }
         nfa
     }
@@ -529,20 +578,33 @@ impl Nfa {
             explicit.extend_from_slice(&key[1..]);
             d.ensure_row(sid);
             let row = &d.sticky[sid as usize];
-            steps_of_class.clear();
-            steps_of_class.extend_from_slice(&row.step_of_class);
             // Start from the row the sticky part alone gives, then patch the classes on which
             // explicit positions move.
             let row_start = out.transitions.len();
             out.transitions.extend_from_slice(&row.class_targets);
+            if explicit.len() > 1 {
+                steps_of_class.clear();
+                steps_of_class.extend_from_slice(&row.step_of_class);
+            }
             if let [p] = explicit[..] {
                 // One position (inside a literal run, the commonest state): its classes all
                 // lead to the same positions, merged with each class's sticky move.
-                if self.kind[p as usize] != END {
+                let single = self.single[p as usize];
+                if single != NO_CLASS {
+                    let c = single as usize;
+                    set.clear();
+                    self.close(p + 1, &mut set);
+                    let row = &d.sticky[sid as usize];
+                    set.extend_from_slice(&row.steps[row.step_of_class[c] as usize]);
+                    out.transitions[row_start + c] = d.intern(sid, &mut set);
+                } else if self.kind[p as usize] != END {
                     combos.clear();
                     for c in iter_bits(&self.classes[p as usize]) {
-                        let step = steps_of_class[c];
-                        out.transitions[row_start + c] = match combos.iter().find(|(_, s, _)| *s == step) {
+                        let step = d.sticky[sid as usize].step_of_class[c];
+                        out.transitions[row_start + c] = match combos
+                            .iter()
+                            .find(|(_, s, _)| *s == step)
+                        {
                             Some(&(_, _, to)) => to,
                             None => {
                                 set.clear();
@@ -558,7 +620,10 @@ impl Nfa {
             } else if explicit.len() <= 64 {
                 masks.iter_mut().for_each(|m| *m = 0);
                 for (i, &p) in explicit.iter().enumerate() {
-                    if self.kind[p as usize] != END {
+                    let single = self.single[p as usize];
+                    if single != NO_CLASS {
+                        masks[single as usize] |= 1 << i;
+                    } else if self.kind[p as usize] != END {
                         for c in iter_bits(&self.classes[p as usize]) {
                             masks[c] |= 1 << i;
                         }
@@ -570,28 +635,32 @@ impl Nfa {
                         continue;
                     }
                     let step = steps_of_class[c];
-                    out.transitions[row_start + c] =
-                        if let Some(&(_, _, to)) = combos.iter().find(|(m, s, _)| *m == mask && *s == step) {
-                            to
-                        } else {
-                            set.clear();
-                            let mut bits = mask;
-                            while bits != 0 {
-                                let p = explicit[bits.trailing_zeros() as usize];
-                                bits &= bits - 1;
-                                self.close(self.advance(p), &mut set);
-                            }
-                            set.extend_from_slice(&d.sticky[sid as usize].steps[step as usize]);
-                            let to = d.intern(sid, &mut set);
-                            combos.push((mask, step, to));
-                            to
-                        };
+                    out.transitions[row_start + c] = if let Some(&(_, _, to)) =
+                        combos.iter().find(|(m, s, _)| *m == mask && *s == step)
+                    {
+                        to
+                    } else {
+                        set.clear();
+                        let mut bits = mask;
+                        while bits != 0 {
+                            let p = explicit[bits.trailing_zeros() as usize];
+                            bits &= bits - 1;
+                            self.close(self.advance(p), &mut set);
+                        }
+                        set.extend_from_slice(&d.sticky[sid as usize].steps[step as usize]);
+                        let to = d.intern(sid, &mut set);
+                        combos.push((mask, step, to));
+                        to
+                    };
                 }
             } else {
                 // Many positions (e.g. a thousand patterns sharing a prefix): one bucket per
                 // class.
                 for &p in &explicit {
-                    if self.kind[p as usize] != END {
+                    let single = self.single[p as usize];
+                    if single != NO_CLASS {
+                        self.close(p + 1, &mut buckets[single as usize]);
+                    } else if self.kind[p as usize] != END {
                         for c in iter_bits(&self.classes[p as usize]) {
                             self.close(self.advance(p), &mut buckets[c]);
                         }
@@ -602,7 +671,9 @@ impl Nfa {
                         continue;
                     }
                     let mut set = std::mem::take(&mut buckets[c]);
-                    set.extend_from_slice(&d.sticky[sid as usize].steps[steps_of_class[c] as usize]);
+                    set.extend_from_slice(
+                        &d.sticky[sid as usize].steps[steps_of_class[c] as usize],
+                    );
                     out.transitions[row_start + c] = d.intern(sid, &mut set);
                     set.clear();
                     buckets[c] = set;
@@ -637,6 +708,9 @@ impl Nfa {
 /// "Not computed yet" in the per-class target rows.
 const UNKNOWN: u32 = u32::MAX;
 
+/// "More than one class" in [`Nfa::single`].
+const NO_CLASS: u16 = u16::MAX;
+
 fn iter_bits(s: &ByteSet) -> impl Iterator<Item = usize> + '_ {
     s.iter().enumerate().flat_map(|(w, &word)| {
         let mut bits = word;
@@ -661,10 +735,16 @@ struct Output {
 }
 
 impl Output {
-    fn new(width: usize) -> Output {
+    /// `capacity`: the expected number of states (the number of NFA positions is a good
+    /// guess: literal-heavy sets have about one state per position).
+    fn new(width: usize, capacity: usize) -> Output {
+        let mut transitions = Vec::with_capacity((capacity + 1) * width);
+        transitions.resize(width, DEAD);
+        let mut accept = Vec::with_capacity(capacity + 1);
+        accept.push(0);
         Output {
-            transitions: vec![DEAD; width],
-            accept: vec![0],
+            transitions,
+            accept,
             starts: Vec::new(),
             match_sets: Vec::new(),
             rows: FxHashMap::default(),
@@ -686,7 +766,11 @@ impl Output {
     }
 
     fn save(&self) -> (usize, usize, usize) {
-        (self.transitions.len(), self.accept.len(), self.match_sets.len())
+        (
+            self.transitions.len(),
+            self.accept.len(),
+            self.match_sets.len(),
+        )
     }
 
     fn restore(&mut self, (t, a, m): (usize, usize, usize)) {
@@ -757,12 +841,14 @@ fn hash_key(key: &[u32]) -> u64 {
 
 impl<'a> Determinizer<'a> {
     fn new(nfa: &'a Nfa, offset: u32) -> Self {
+        let mut key_starts = Vec::with_capacity(nfa.kind.len() + 1);
+        key_starts.push(0);
         let mut d = Determinizer {
             nfa,
             offset,
-            keys: Vec::new(),
-            key_starts: vec![0],
-            ids: hashbrown::HashTable::new(),
+            keys: Vec::with_capacity(nfa.kind.len() * 2),
+            key_starts,
+            ids: hashbrown::HashTable::with_capacity(nfa.kind.len()),
             sticky: Vec::new(),
             sticky_ids: FxHashMap::default(),
             grown: FxHashMap::default(),
@@ -818,7 +904,12 @@ impl<'a> Determinizer<'a> {
         if let Some(&id) = self.grown.get(&(sid, added.clone())) {
             return id;
         }
-        let mut set: Vec<u32> = self.sticky[sid as usize].positions.iter().chain(added.iter()).copied().collect();
+        let mut set: Vec<u32> = self.sticky[sid as usize]
+            .positions
+            .iter()
+            .chain(added.iter())
+            .copied()
+            .collect();
         set.sort_unstable();
         set.dedup();
         let set: Box<[u32]> = set.into();
@@ -842,7 +933,12 @@ impl<'a> Determinizer<'a> {
             extra.retain(|p| implied.binary_search(p).is_err());
         }
         self.added.clear();
-        self.added.extend(extra.iter().copied().filter(|&p| self.nfa.sticky[p as usize]));
+        self.added.extend(
+            extra
+                .iter()
+                .copied()
+                .filter(|&p| self.nfa.sticky[p as usize]),
+        );
         let sid = if self.added.is_empty() {
             sid
         } else {
@@ -862,7 +958,8 @@ impl<'a> Determinizer<'a> {
     fn insert_key(&mut self) -> u32 {
         let hash = hash_key(&self.key);
         let (keys, starts) = (&self.keys, &self.key_starts);
-        let key_of = |id: u32| &keys[starts[id as usize] as usize..starts[id as usize + 1] as usize];
+        let key_of =
+            |id: u32| &keys[starts[id as usize] as usize..starts[id as usize + 1] as usize];
         if let Some(&id) = self.ids.find(hash, |&id| key_of(id) == self.key.as_slice()) {
             return id;
         }
@@ -901,25 +998,49 @@ impl<'a> Determinizer<'a> {
             steps.push(Box::new([]));
             step_of_class.resize(width, 0);
         } else {
-            let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); width];
-            for &p in set.implied.iter() {
-                if nfa.kind[p as usize] == END {
+            // The implied positions that move at all. A class's step depends only on which of
+            // them accept it, so each distinct subset is worked out once.
+            let movers: Vec<u32> = set
+                .implied
+                .iter()
+                .copied()
+                .filter(|&p| nfa.kind[p as usize] != END)
+                .collect();
+            let mut by_movers: Vec<(Vec<u64>, u32)> = Vec::new();
+            let mut seen: FxHashMap<Box<[u32]>, u32> = FxHashMap::default();
+            let mut bucket: Vec<u32> = Vec::new();
+            let mut which: Vec<u64> = vec![0; movers.len().div_ceil(64)];
+            for c in 0..width {
+                which.iter_mut().for_each(|w| *w = 0);
+                for (i, &p) in movers.iter().enumerate() {
+                    if nfa.classes[p as usize][c >> 6] & (1 << (c & 63)) != 0 {
+                        which[i >> 6] |= 1 << (i & 63);
+                    }
+                }
+                if let Some((_, id)) = by_movers.iter().find(|(w, _)| *w == which) {
+                    step_of_class.push(*id);
                     continue;
                 }
-                for c in iter_bits(&nfa.classes[p as usize]) {
-                    nfa.close(nfa.advance(p), &mut buckets[c]);
+                bucket.clear();
+                for (i, &p) in movers.iter().enumerate() {
+                    if which[i >> 6] & (1 << (i & 63)) != 0 {
+                        nfa.close(nfa.advance(p), &mut bucket);
+                    }
                 }
-            }
-            let mut seen: FxHashMap<Vec<u32>, u32> = FxHashMap::default();
-            for mut bucket in buckets {
                 bucket.sort_unstable();
                 bucket.dedup();
                 bucket.retain(|p| set.implied.binary_search(p).is_err());
-                let next = steps.len() as u32;
-                let id = *seen.entry(bucket).or_insert_with_key(|b| {
-                    steps.push(b.as_slice().into());
-                    next
-                });
+                let id = match seen.get(bucket.as_slice()) {
+                    Some(&id) => id,
+                    None => {
+                        let id = steps.len() as u32;
+                        let b: Box<[u32]> = bucket.as_slice().into();
+                        steps.push(b.clone());
+                        seen.insert(b, id);
+                        id
+                    }
+                };
+                by_movers.push((which.clone(), id));
                 step_of_class.push(id);
             }
         }
@@ -958,7 +1079,9 @@ impl<'a> Determinizer<'a> {
     fn accepts(&self, local: usize) -> Option<Vec<u32>> {
         let key = self.state_key(local);
         let base = &self.sticky[key[0] as usize].accepts;
-        let ends = key[1..].iter().filter(|&&p| self.nfa.kind[p as usize] == END);
+        let ends = key[1..]
+            .iter()
+            .filter(|&&p| self.nfa.kind[p as usize] == END);
         if base.is_empty() && ends.clone().next().is_none() {
             return None;
         }
