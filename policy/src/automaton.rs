@@ -429,8 +429,9 @@ const ONE: u8 = 0;
 const LOOP: u8 = 1;
 const END: u8 = 2;
 
-/// The positions of every variant: position `i` of a variant waits for element `i`; the
-/// position after the last element accepts the variant's pattern.
+/// The positions of every variant: a position waits for one element and `next` is the position
+/// after it; the position after the last element accepts the variant's pattern. Variants of a
+/// pattern share positions whose remaining elements are equal.
 struct Nfa {
     kind: Vec<u8>,
     /// The classes each position moves on.
@@ -441,6 +442,8 @@ struct Nfa {
     pattern: Vec<u32>,
     /// Loops over every byte: once reached, never left.
     sticky: Vec<bool>,
+    /// The position after each one (`u32::MAX` after an end).
+    next: Vec<u32>,
     /// Positions in the closure of some sticky position: the only ones a sticky set can
     /// imply, so the only ones worth looking up in it.
     near_sticky: Vec<bool>,
@@ -463,6 +466,7 @@ impl Nfa {
             single: Vec::with_capacity(positions),
             pattern: Vec::with_capacity(positions),
             sticky: Vec::with_capacity(positions),
+            next: Vec::with_capacity(positions),
             near_sticky: Vec::new(),
             starts_of_pattern: vec![Vec::new(); patterns],
             class_count: bc.count,
@@ -478,9 +482,19 @@ impl Nfa {
                 v
             }
         };
+        // Positions with the same pattern and the same remaining elements are the same
+        // position (suffix sharing): variants of one pattern (alternations, `/**/`, name
+        // patterns) then share their tails, so the subset construction does not track copies
+        // that can only ever accept the same pattern.
+        let mut shared: FxHashMap<(u32, u8, ByteSet, u32), u32> = FxHashMap::default();
         for (id, v) in variants {
-            nfa.starts_of_pattern[*id as usize].push(nfa.kind.len() as u32);
-            for e in v {
+            let mut next = {
+                let key = (*id, END, [0; 4], u32::MAX);
+                *shared
+                    .entry(key)
+                    .or_insert_with(|| nfa.push(END, [0; 4], NO_CLASS, false, *id, u32::MAX))
+            };
+            for e in v.iter().rev() {
                 let (kind, cls) = match e {
                     Elem::Byte(b) => {
                         let c = bc.of[*b as usize];
@@ -497,17 +511,15 @@ impl Nfa {
                 } else {
                     NO_CLASS
                 };
-                nfa.kind.push(kind);
-                nfa.sticky.push(kind == LOOP && cls == all_classes);
-                nfa.classes.push(cls);
-                nfa.single.push(single);
-                nfa.pattern.push(*id);
+                let sticky = kind == LOOP && cls == all_classes;
+                next = *shared
+                    .entry((*id, kind, cls, next))
+                    .or_insert_with(|| nfa.push(kind, cls, single, sticky, *id, next));
             }
-            nfa.kind.push(END);
-            nfa.sticky.push(false);
-            nfa.classes.push([0; 4]);
-            nfa.single.push(NO_CLASS);
-            nfa.pattern.push(*id);
+            let starts = &mut nfa.starts_of_pattern[*id as usize];
+            if !starts.contains(&next) {
+                starts.push(next);
+            }
         }
         nfa.near_sticky = vec![false; nfa.kind.len()];
         let mut closure = Vec::new();
@@ -523,6 +535,25 @@ impl Nfa {
         nfa
     }
 
+    /// Adds a position and returns its number.
+    fn push(
+        &mut self,
+        kind: u8,
+        classes: ByteSet,
+        single: u16,
+        sticky: bool,
+        pattern: u32,
+        next: u32,
+    ) -> u32 {
+        self.kind.push(kind);
+        self.classes.push(classes);
+        self.single.push(single);
+        self.sticky.push(sticky);
+        self.pattern.push(pattern);
+        self.next.push(next);
+        (self.kind.len() - 1) as u32
+    }
+
     /// Adds `pos` and every position reachable from it by skipping loops.
     fn close(&self, mut pos: u32, out: &mut Vec<u32>) {
         loop {
@@ -530,14 +561,14 @@ impl Nfa {
             if self.kind[pos as usize] != LOOP {
                 return;
             }
-            pos += 1;
+            pos = self.next[pos as usize];
         }
     }
 
     /// Where a position goes on a byte it accepts: the next one, or itself for a loop.
     fn advance(&self, p: u32) -> u32 {
         if self.kind[p as usize] == ONE {
-            p + 1
+            self.next[p as usize]
         } else {
             p
         }
@@ -593,7 +624,7 @@ impl Nfa {
                 if single != NO_CLASS {
                     let c = single as usize;
                     set.clear();
-                    self.close(p + 1, &mut set);
+                    self.close(self.next[p as usize], &mut set);
                     let row = &d.sticky[sid as usize];
                     set.extend_from_slice(&row.steps[row.step_of_class[c] as usize]);
                     out.transitions[row_start + c] = d.intern(sid, &mut set);
@@ -659,7 +690,7 @@ impl Nfa {
                 for &p in &explicit {
                     let single = self.single[p as usize];
                     if single != NO_CLASS {
-                        self.close(p + 1, &mut buckets[single as usize]);
+                        self.close(self.next[p as usize], &mut buckets[single as usize]);
                     } else if self.kind[p as usize] != END {
                         for c in iter_bits(&self.classes[p as usize]) {
                             self.close(self.advance(p), &mut buckets[c]);
