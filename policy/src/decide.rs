@@ -30,7 +30,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::bundle::{BpfMode, BpfProfile, EgressAddress, RuleAction, RuleOrigin};
+use crate::bundle::{BpfMode, BpfProfile, EgressAddress, MountRule, RuleAction, RuleOrigin};
 use crate::glob::Pattern;
 use crate::names::{mount, perm, ptrace};
 
@@ -158,48 +158,82 @@ impl Verdict {
     }
 }
 
-/// Combines the matching rules (in profile order) into a verdict.
+/// Combines the matching rules (in profile order) into a verdict: the first rule with the
+/// strongest action decides (deny with audit, deny, audit, complain).
 fn combine(matches: Vec<(RuleAction, &RuleOrigin)>) -> Verdict {
-    let first = |pred: &dyn Fn(RuleAction) -> bool| {
-        matches
-            .iter()
-            .find(|(a, _)| pred(*a))
-            .map(|(_, o)| (*o).clone())
-    };
-    let matched: Vec<RuleOrigin> = matches.iter().map(|(_, o)| (*o).clone()).collect();
-    if let Some(rule) = first(&|a| a == RuleAction::DenyAudit) {
-        return Verdict {
-            decision: Decision::Deny,
-            event: Some(EventAction::Denied),
-            rule: Some(rule),
-            matched,
-        };
-    }
-    if let Some(rule) = first(&|a| a == RuleAction::Deny) {
-        return Verdict {
-            decision: Decision::Deny,
-            event: None,
-            rule: Some(rule),
-            matched,
-        };
-    }
-    if let Some(rule) = first(&|a| a == RuleAction::Audit) {
-        return Verdict {
-            decision: Decision::Allow,
-            event: Some(EventAction::Audit),
-            rule: Some(rule),
-            matched,
-        };
-    }
-    if let Some(rule) = first(&|a| a == RuleAction::Complain) {
-        return Verdict {
-            decision: Decision::Allow,
-            event: Some(EventAction::Allowed),
-            rule: Some(rule),
-            matched,
-        };
+    const ORDER: [(RuleAction, Decision, Option<EventAction>); 4] = [
+        (
+            RuleAction::DenyAudit,
+            Decision::Deny,
+            Some(EventAction::Denied),
+        ),
+        (RuleAction::Deny, Decision::Deny, None),
+        (RuleAction::Audit, Decision::Allow, Some(EventAction::Audit)),
+        (
+            RuleAction::Complain,
+            Decision::Allow,
+            Some(EventAction::Allowed),
+        ),
+    ];
+    for (action, decision, event) in ORDER {
+        if let Some((_, origin)) = matches.iter().find(|(a, _)| *a == action) {
+            return Verdict {
+                decision,
+                event,
+                rule: Some((*origin).clone()),
+                matched: matches.iter().map(|(_, o)| (*o).clone()).collect(),
+            };
+        }
     }
     Verdict::allow_silently()
+}
+
+/// The string a mount rule's source pattern is matched against, and what else of the rule
+/// must match, for mount(2), umount(2) and move_mount(2).
+struct MountCheck<'a> {
+    source: &'a str,
+    /// `Some((fstype, flags))` for mount(2); `None` for umount/move_mount, which match on the
+    /// forward flag `flag` only.
+    mount: Option<(&'a str, u32)>,
+    flag: u32,
+}
+
+impl<'a> MountCheck<'a> {
+    fn of(access: &'a Access) -> Option<MountCheck<'a>> {
+        match access {
+            Access::Mount {
+                source,
+                fstype,
+                flags,
+            } => Some(MountCheck {
+                source,
+                mount: Some((effective_fstype(fstype, *flags), *flags)),
+                flag: 0,
+            }),
+            Access::Umount { path } => Some(MountCheck {
+                source: path,
+                mount: None,
+                flag: mount::UMOUNT,
+            }),
+            Access::MoveMount { path } => Some(MountCheck {
+                source: path,
+                mount: None,
+                flag: mount::MOVE,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether the rule's fstype and flags match (its source pattern is checked apart).
+    fn rule_matches(&self, r: &MountRule) -> bool {
+        match self.mount {
+            Some((fs, flags)) => {
+                (flags & r.flags != 0 || !flags & r.reverse_flags != 0)
+                    && (r.fstype == "*" || r.fstype == fs)
+            }
+            None => r.flags & self.flag != 0 && (r.fstype == "*" || r.fstype == "none"),
+        }
+    }
 }
 
 /// The socket type without `SOCK_NONBLOCK` / `SOCK_CLOEXEC`.
@@ -329,34 +363,12 @@ pub fn decide(profile: &BpfProfile, access: &Access) -> Verdict {
                 }
             }
         }
-        Access::Mount {
-            source,
-            fstype,
-            flags,
-        } => {
-            let fs = effective_fstype(fstype, *flags);
-            for r in &profile.mounts {
-                let flags_ok = flags & r.flags != 0 || !flags & r.reverse_flags != 0;
-                if flags_ok
-                    && (r.fstype == "*" || r.fstype == fs)
-                    && pattern_matches(&r.source, source)
-                {
-                    m.push((r.action, &r.origin));
-                }
-            }
-        }
-        Access::Umount { path } | Access::MoveMount { path } => {
-            let flag = if matches!(access, Access::Umount { .. }) {
-                mount::UMOUNT
-            } else {
-                mount::MOVE
-            };
-            for r in &profile.mounts {
-                if r.flags & flag != 0
-                    && (r.fstype == "*" || r.fstype == "none")
-                    && pattern_matches(&r.source, path)
-                {
-                    m.push((r.action, &r.origin));
+        Access::Mount { .. } | Access::Umount { .. } | Access::MoveMount { .. } => {
+            if let Some(check) = MountCheck::of(access) {
+                for r in &profile.mounts {
+                    if check.rule_matches(r) && pattern_matches(&r.source, check.source) {
+                        m.push((r.action, &r.origin));
+                    }
                 }
             }
         }
@@ -400,36 +412,16 @@ pub fn decide_with_tables(
     match access {
         Access::File { path, permissions } => path_verdict(path, *permissions),
         Access::Exec { path } => path_verdict(path, perm::EXEC),
-        Access::Mount {
-            source,
-            fstype,
-            flags,
-        } => {
-            let fs = effective_fstype(fstype, *flags);
-            let rules = profile.mount_automaton.run(source.as_bytes());
-            let m = rules
-                .iter()
-                .map(|&i| &profile.mounts[i as usize])
-                .filter(|r| {
-                    (flags & r.flags != 0 || !flags & r.reverse_flags != 0)
-                        && (r.fstype == "*" || r.fstype == fs)
-                })
-                .map(|r| (r.action, &r.origin))
-                .collect();
-            let v = combine(m);
-            (v.decision, v.event)
-        }
-        Access::Umount { path } | Access::MoveMount { path } => {
-            let flag = if matches!(access, Access::Umount { .. }) {
-                mount::UMOUNT
-            } else {
-                mount::MOVE
+        Access::Mount { .. } | Access::Umount { .. } | Access::MoveMount { .. } => {
+            let Some(check) = MountCheck::of(access) else {
+                unreachable!("a mount access")
             };
-            let rules = profile.mount_automaton.run(path.as_bytes());
-            let m = rules
+            let m = profile
+                .mount_automaton
+                .run(check.source.as_bytes())
                 .iter()
                 .map(|&i| &profile.mounts[i as usize])
-                .filter(|r| r.flags & flag != 0 && (r.fstype == "*" || r.fstype == "none"))
+                .filter(|r| check.rule_matches(r))
                 .map(|r| (r.action, &r.origin))
                 .collect();
             let v = combine(m);
