@@ -24,3 +24,5 @@ pub use document::{parse_documents, PolicyDocument};
 pub use error::{FieldError, FieldErrors};
 pub use identity::{NodeFacts, PolicyIdentity};
 pub mod decide;
+#[cfg(feature = "proto")]
+pub mod proto;

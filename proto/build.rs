@@ -1,0 +1,27 @@
+//! Compiles the .proto files with protox (no system protoc needed) and generates the tonic
+//! client and server code, plus a file descriptor set for gRPC reflection.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/varmor/v1/bundle.proto",
+        "proto/varmor/v1/events.proto",
+        "proto/varmor/v1/gateway.proto",
+        "proto/varmor/v1/control.proto",
+        "proto/varmor/v1/node.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("varmor_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! `varmor-rpc`: the gRPC edge shared by the manager, the node agent and varmorctl.
+//!
+//! * conversions of the domain types live in `varmor_policy::proto` (feature `proto`);
+//! * [`tls`]: TLS 1.3 with client certificates, certificate identities and authorization;
+//! * [`service`]: what every server registers besides its own services (reflection, health).
+
+pub mod service;
+pub mod tls;
+
+pub use varmor_proto::v1;
