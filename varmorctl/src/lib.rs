@@ -4,6 +4,8 @@
 //! Commands write to the given writers and return the process exit code, so tests can run
 //! them in process.
 
+mod remote;
+
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -38,6 +40,29 @@ enum Command {
     Policy(PolicyCommand),
     /// List the built-in rules and the enforcers that implement each.
     Rules,
+    /// The nodes a running manager knows, with their connection and kernel capabilities.
+    Nodes {
+        #[command(flatten)]
+        conn: remote::Connection,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The policies a running manager serves, with their status.
+    Policies {
+        #[command(flatten)]
+        conn: remote::Connection,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Violation events from every node, one JSON object per line.
+    Events {
+        #[command(flatten)]
+        conn: remote::Connection,
+        #[command(flatten)]
+        args: remote::EventArgs,
+    },
     /// Print the CustomResourceDefinitions, or write one file per CRD into a directory.
     Crd {
         /// Directory to write the CRD files into (default: print to stdout).
@@ -231,6 +256,9 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         Command::Policy(PolicyCommand::Explain(args)) => explain(&args, out),
         Command::Rules => list_rules(out),
         Command::Crd { out: dir } => crds(dir.as_deref(), out),
+        Command::Nodes { conn, json } => remote::nodes(&conn, json, out),
+        Command::Policies { conn, json } => remote::policies(&conn, json, out),
+        Command::Events { conn, args } => remote::events(&conn, &args, out),
     };
     match result {
         Ok(code) => code,
