@@ -261,19 +261,6 @@ impl Manager {
                 Err(_) => tracing::warn!("connections did not close within the grace period"),
             }
         }
-        // The accept loop of `tls_incoming` only notices that the server is gone when the next
-        // connection arrives; one from here releases the port now, so a new manager can
-        // listen on it.
-        let wake = match self.local_addr {
-            SocketAddr::V4(a) if a.ip().is_unspecified() => {
-                SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, a.port()))
-            }
-            SocketAddr::V6(a) if a.ip().is_unspecified() => {
-                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
-            }
-            a => a,
-        };
-        let _ = tokio::time::timeout(GRACE, tokio::net::TcpStream::connect(wake)).await;
         for t in self.tasks.drain(..) {
             t.abort();
         }

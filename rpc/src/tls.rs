@@ -224,16 +224,29 @@ pub fn server_config(
 
 /// Accepts TCP connections and completes TLS handshakes concurrently; connections whose
 /// handshake fails (no or untrusted certificate, wrong protocol) are logged and dropped, never
-/// ending the stream. Feed the result to `tonic::transport::Server::serve_with_incoming`.
+/// ending the stream. Feed the result to `tonic::transport::Server::serve_with_incoming`; the
+/// accept loop ends (and the port is released) when the server drops the stream.
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
 ) -> impl futures_core::Stream<Item = Result<TlsStream<TcpStream>, io::Error>> {
-    let acceptor = TlsAcceptor::from(config);
+    tls_incoming_with(listener, move || config.clone())
+}
+
+/// [`tls_incoming`] with the configuration taken anew for each connection, so that a renewed
+/// certificate is served without restarting the listener.
+pub fn tls_incoming_with(
+    listener: TcpListener,
+    config: impl Fn() -> Arc<rustls::ServerConfig> + Send + 'static,
+) -> impl futures_core::Stream<Item = Result<TlsStream<TcpStream>, io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (tcp, addr) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let (tcp, addr) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -241,10 +254,9 @@ pub fn tls_incoming(
                     continue;
                 }
             };
-            if tx.is_closed() {
-                return;
-            }
-            let acceptor = acceptor.clone();
+            // gRPC messages are small and latency matters more than packet count.
+            let _ = tcp.set_nodelay(true);
+            let acceptor = TlsAcceptor::from(config());
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
