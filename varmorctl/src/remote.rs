@@ -19,7 +19,11 @@ pub struct Connection {
     #[arg(long, env = "VARMOR_MANAGER", default_value = "https://127.0.0.1:9443")]
     manager: String,
     /// The manager's state directory, to take `ca.crt`, `admin.crt` and `admin.key` from.
-    #[arg(long, env = "VARMOR_STATE_DIR", default_value = "/var/lib/varmor/manager")]
+    #[arg(
+        long,
+        env = "VARMOR_STATE_DIR",
+        default_value = "/var/lib/varmor/manager"
+    )]
     state_dir: PathBuf,
     /// The CA bundle (default: STATE_DIR/ca.crt).
     #[arg(long)]
@@ -34,7 +38,9 @@ pub struct Connection {
 
 impl Connection {
     fn read(&self, explicit: &Option<PathBuf>, default: &str) -> Result<String> {
-        let path = explicit.clone().unwrap_or_else(|| self.state_dir.join(default));
+        let path = explicit
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join(default));
         std::fs::read_to_string(&path).with_context(|| {
             format!("cannot read {} (give --state-dir of the manager, or --ca-file/--cert-file/--key-file)", path.display())
         })
@@ -57,7 +63,9 @@ impl Connection {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn status_error(e: tonic::Status) -> anyhow::Error {
@@ -87,7 +95,9 @@ fn capability(c: Option<&v1::EnforcerCapability>) -> &'static str {
 pub fn nodes(conn: &Connection, json: bool, out: &mut dyn Write) -> Result<i32> {
     let nodes = runtime()?.block_on(async {
         let mut c = conn.connect().await?;
-        c.list_nodes(v1::ListNodesRequest {}).await.map_err(status_error)
+        c.list_nodes(v1::ListNodesRequest {})
+            .await
+            .map_err(status_error)
     })?;
     let nodes = nodes.into_inner().nodes;
     if json {
@@ -95,7 +105,19 @@ pub fn nodes(conn: &Connection, json: bool, out: &mut dyn Write) -> Result<i32> 
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(0);
     }
-    writeln!(out, "{:<24} {:<10} {:<9} {:<9} {:<5} {:<8} {:<9} {:>8} {:>8}", "NODE", "CONNECTED", "EXPECTED", "APPARMOR", "BPF", "SECCOMP", "LAST-SEEN", "EVENTS", "DROPPED")?;
+    writeln!(
+        out,
+        "{:<24} {:<10} {:<9} {:<9} {:<5} {:<8} {:<9} {:>8} {:>8}",
+        "NODE",
+        "CONNECTED",
+        "EXPECTED",
+        "APPARMOR",
+        "BPF",
+        "SECCOMP",
+        "LAST-SEEN",
+        "EVENTS",
+        "DROPPED"
+    )?;
     for n in &nodes {
         let caps = n.capabilities.as_ref();
         writeln!(
@@ -165,7 +187,9 @@ fn result_json(r: &v1::EnforcerResult) -> serde_json::Value {
 pub fn policies(conn: &Connection, json: bool, out: &mut dyn Write) -> Result<i32> {
     let resp = runtime()?.block_on(async {
         let mut c = conn.connect().await?;
-        c.list_policies(v1::ListPoliciesRequest {}).await.map_err(status_error)
+        c.list_policies(v1::ListPoliciesRequest {})
+            .await
+            .map_err(status_error)
     })?;
     let resp = resp.into_inner();
     if json {
@@ -197,7 +221,11 @@ pub fn policies(conn: &Connection, json: bool, out: &mut dyn Write) -> Result<i3
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(0);
     }
-    writeln!(out, "{:<40} {:<20} {:<16} {:<11} {:<6} {:>7} {:>9}", "PROFILE", "ENFORCER", "MODE", "PHASE", "READY", "NODES", "REVISION")?;
+    writeln!(
+        out,
+        "{:<40} {:<20} {:<16} {:<11} {:<6} {:>7} {:>9}",
+        "PROFILE", "ENFORCER", "MODE", "PHASE", "READY", "NODES", "REVISION"
+    )?;
     for p in &resp.policies {
         let st = p.status.clone().unwrap_or_default();
         writeln!(
@@ -214,11 +242,23 @@ pub fn policies(conn: &Connection, json: bool, out: &mut dyn Write) -> Result<i3
     }
     for p in &resp.policies {
         let st = p.status.clone().unwrap_or_default();
-        for c in st.conditions.iter().filter(|c| c.status == "False" && !c.message.is_empty()) {
-            writeln!(out, "{}: {} {}: {}", p.profile_name, c.r#type, c.reason, c.message)?;
+        for c in st
+            .conditions
+            .iter()
+            .filter(|c| c.status == "False" && !c.message.is_empty())
+        {
+            writeln!(
+                out,
+                "{}: {} {}: {}",
+                p.profile_name, c.r#type, c.reason, c.message
+            )?;
         }
         for e in &p.errors {
-            writeln!(out, "{} ({}): invalid, previous version kept: {}: {}", p.profile_name, p.source, e.path, e.reason)?;
+            writeln!(
+                out,
+                "{} ({}): invalid, previous version kept: {}: {}",
+                p.profile_name, p.source, e.path, e.reason
+            )?;
         }
     }
     for s in &resp.errors {
@@ -264,7 +304,9 @@ pub fn events(conn: &Connection, args: &EventArgs, out: &mut dyn Write) -> Resul
             action: args.action.clone().unwrap_or_default(),
         };
         let mut stream = c
-            .watch_events(v1::WatchEventsRequest { filter: Some(filter) })
+            .watch_events(v1::WatchEventsRequest {
+                filter: Some(filter),
+            })
             .await
             .map_err(status_error)?
             .into_inner();
@@ -272,7 +314,9 @@ pub fn events(conn: &Connection, args: &EventArgs, out: &mut dyn Write) -> Resul
             let next = if args.follow {
                 stream.message().await
             } else {
-                match tokio::time::timeout(Duration::from_secs(args.timeout), stream.message()).await {
+                match tokio::time::timeout(Duration::from_secs(args.timeout), stream.message())
+                    .await
+                {
                     Ok(m) => m,
                     Err(_) => return Ok(0),
                 }
@@ -290,7 +334,8 @@ pub fn events(conn: &Connection, args: &EventArgs, out: &mut dyn Write) -> Resul
 
 /// An event in the violations.log field names.
 pub fn event_json(e: &v1::Event) -> serde_json::Value {
-    let event: serde_json::Value = serde_json::from_str(&e.event_json).unwrap_or(serde_json::Value::Null);
+    let event: serde_json::Value =
+        serde_json::from_str(&e.event_json).unwrap_or(serde_json::Value::Null);
     serde_json::json!({
         "sequence": e.sequence,
         "nodeName": e.node_name,
