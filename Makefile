@@ -2,7 +2,7 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 30
 
-.PHONY: help build test lint fmt generate bench fuzz demo check
+.PHONY: help build test lint fmt generate bench bench-kernel fuzz demo check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s '	'
@@ -28,6 +28,9 @@ golden: ## refresh golden files after checking the change is intended
 
 bench: ## compile benchmark: every built-in rule + 1,024 raw file rules
 	$(CARGO) bench -p varmor-policy --bench compile
+
+bench-kernel: ## BPF-LSM cost of open/execve/connect in the kernel VM, as ratios (scripts/kernel-tests --bench)
+	scripts/kernel-tests --bench
 
 fuzz: ## run each fuzz target for FUZZ_SECONDS (needs cargo-fuzz)
 	cd fuzz && for t in policy_pipeline pattern_automaton; do \

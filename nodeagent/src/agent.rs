@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use varmor_proto::v1;
 
 use crate::apply::Applier;
+use crate::binder::{self, BinderHandle, LatencySummary};
 use crate::config::Config;
 use crate::containers::ContainerRegistry;
 use crate::enforcer::{EnforcerKind, Enforcers};
@@ -30,6 +31,7 @@ use crate::status::ConnectionStatus;
 pub struct Agent {
     ctx: SessionContext,
     containers: Arc<ContainerRegistry>,
+    binder: Option<BinderHandle>,
     state_dir: StateDir,
     node_state_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -119,6 +121,20 @@ impl Agent {
         let containers = Arc::new(ContainerRegistry::new());
         let service = NodeStateService::new(ctx.clone(), containers.clone());
         let mut tasks = Vec::new();
+        // After the held profiles were restored: containers running now are bound at once.
+        let binder = config.containers.clone().map(|runtime| {
+            let (handle, spawned) = binder::spawn(
+                node.clone(),
+                runtime,
+                host.clone(),
+                config.backoff,
+                ctx.applier.clone(),
+                containers.clone(),
+                shutdown_rx.clone(),
+            );
+            tasks.extend(spawned);
+            handle
+        });
         {
             let shutdown = shutdown_rx.clone();
             let node = node.clone();
@@ -127,6 +143,26 @@ impl Agent {
                     tracing::error!(node, error = %e, "NodeState server stopped");
                 }
             }));
+        }
+        // Kernel events of the enforcers (BPF-LSM) go into the event buffer.
+        for enforcer in ctx.applier.enforcers().iter() {
+            if let Some(mut rx) = enforcer.take_events() {
+                let buffer = ctx.events.clone();
+                let mut shutdown = shutdown_rx.clone();
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            event = rx.recv() => match event {
+                                Some(event) => {
+                                    buffer.push(event);
+                                }
+                                None => break,
+                            },
+                            _ = shutdown.changed() => break,
+                        }
+                    }
+                }));
+            }
         }
         tasks.push(tokio::spawn(session::sync_loop(
             ctx.clone(),
@@ -147,6 +183,7 @@ impl Agent {
         Ok(Agent {
             ctx,
             containers,
+            binder,
             state_dir,
             node_state_addr,
             shutdown,
@@ -182,6 +219,20 @@ impl Agent {
     /// The container registry.
     pub fn containers(&self) -> &Arc<ContainerRegistry> {
         &self.containers
+    }
+
+    /// The binder (when containers are watched): binding latencies, and the entry point of a
+    /// runtime hook.
+    pub fn binder(&self) -> Option<&BinderHandle> {
+        self.binder.as_ref()
+    }
+
+    /// The binding latencies so far (zero when containers are not watched).
+    pub fn binding_latency(&self) -> LatencySummary {
+        self.binder
+            .as_ref()
+            .map(|b| b.stats().summary())
+            .unwrap_or_default()
     }
 
     /// The state directory.

@@ -57,6 +57,9 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     /// How long to wait for a TCP + TLS connection to the manager.
     pub connect_timeout: Duration,
+    /// The container runtime to watch and how containers are bound to profiles; `None`: no
+    /// containers are watched (the binary always sets it).
+    pub containers: Option<crate::runtime::RuntimeConfig>,
 }
 
 impl Config {
@@ -85,6 +88,7 @@ impl Config {
             keepalive_interval: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            containers: None,
         }
     }
 }

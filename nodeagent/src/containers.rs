@@ -1,7 +1,7 @@
 //! The containers the agent sees and how each is bound to a profile.
 //!
-//! The container runtime watcher fills this registry (next step); `NodeState/ListContainers`
-//! reads it. For now it stays empty.
+//! The binder ([`crate::binder`]) fills this registry from the container runtime watcher
+//! ([`crate::runtime`]); `NodeState/ListContainers` reads it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -54,6 +54,12 @@ pub struct ContainerInfo {
     pub pod_uid: String,
     /// Container labels (standalone targets match them).
     pub labels: HashMap<String, String>,
+    /// The containerd namespace (`k8s.io` for Kubernetes, `default` for `ctr`).
+    pub runtime_namespace: String,
+    /// The OCI annotations of the container's spec (CRI writes `io.kubernetes.cri.*` here).
+    pub annotations: HashMap<String, String>,
+    /// The pod's IP addresses (from CRI); empty outside a pod or with the host's network.
+    pub pod_ips: Vec<std::net::IpAddr>,
 }
 
 /// A container and its binding.

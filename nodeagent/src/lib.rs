@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod apply;
 pub mod backoff;
+pub mod binder;
 pub mod config;
 pub mod containers;
 pub mod enforcer;
@@ -23,12 +24,15 @@ pub mod gateway;
 pub mod host;
 pub mod identity;
 pub mod profiles;
+pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod state;
 pub mod status;
+pub mod violations;
 
 pub use agent::{run, Agent};
+pub use binder::{BinderHandle, LatencyStats, LatencySummary};
 pub use config::{BackoffConfig, Config};
 pub use enforcer::{
     Capability, Enforcer, EnforcerKind, Enforcers, Outcome, RecordingEnforcer, ResultStatus,
@@ -36,6 +40,7 @@ pub use enforcer::{
 pub use error::AgentError;
 pub use events::{EventBuffer, Pushed};
 pub use host::HostFs;
+pub use runtime::{Mode, RuntimeConfig};
 
 /// The agent's version, reported in `Hello` and `GetState`.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use varmor_agent::Config;
+use varmor_agent::runtime::DEFAULT_CONTAINERD_SOCKET;
+use varmor_agent::{Config, Mode, RuntimeConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -48,9 +49,32 @@ struct Args {
     /// An extra name (IP or DNS) for the node certificate, to reach NodeState by it.
     #[arg(long = "san", value_name = "NAME")]
     sans: Vec<String>,
+    /// How containers are bound to profiles: by the pod annotations the webhook writes
+    /// (kubernetes), or by matching policy targets against container labels (standalone).
+    #[arg(long, value_enum, default_value_t = ModeArg::Standalone)]
+    mode: ModeArg,
+    /// containerd's gRPC socket.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONTAINERD_SOCKET)]
+    containerd_socket: PathBuf,
+    /// A containerd namespace to watch (repeat for several) [default: k8s.io in kubernetes
+    /// mode, every namespace in standalone mode].
+    #[arg(long = "containerd-namespace", value_name = "NS")]
+    containerd_namespaces: Vec<String>,
+    /// The CRI socket for pod annotations (kubernetes mode) [default: the containerd socket].
+    #[arg(long, value_name = "FILE")]
+    cri_socket: Option<PathBuf>,
+    /// Do not watch containers (nothing is bound; profiles are still loaded).
+    #[arg(long)]
+    no_containers: bool,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Kubernetes,
+    Standalone,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +111,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.event_buffer = args.event_buffer;
     config.seccomp_dir = args.seccomp_dir;
     config.extra_sans = args.sans;
+    if !args.no_containers {
+        let mode = match args.mode {
+            ModeArg::Kubernetes => Mode::Kubernetes,
+            ModeArg::Standalone => Mode::Standalone,
+        };
+        let mut runtime = RuntimeConfig::new(mode);
+        runtime.containerd_socket = args.containerd_socket;
+        if !args.containerd_namespaces.is_empty() {
+            runtime.namespaces = args.containerd_namespaces;
+        }
+        runtime.cri_socket = args.cri_socket;
+        config.containers = Some(runtime);
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(varmor_agent::run(config))?;
     Ok(())

@@ -40,6 +40,8 @@ pub fn check_profile_name(name: &str) -> Result<(), String> {
 pub struct HeldProfiles {
     dir: PathBuf,
     held: RwLock<BTreeMap<String, v1::HeldBundle>>,
+    /// Counts changes, so the binder learns of new, changed and removed bundles without polling.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl HeldProfiles {
@@ -83,7 +85,13 @@ impl HeldProfiles {
         Ok(HeldProfiles {
             dir,
             held: RwLock::new(held),
+            changes: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Changes whenever a bundle is put or removed (after the enforcers applied it).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn file_of(&self, profile: &str) -> PathBuf {
@@ -143,12 +151,14 @@ impl HeldProfiles {
             .map_err(|source| AgentError::Write { path, source });
         // In memory even when the write failed: it is what is enforced now.
         self.write().insert(profile.to_string(), held);
+        self.changes.send_modify(|n| *n += 1);
         result
     }
 
     /// Forgets `profile`; returns what was held.
     pub fn remove(&self, profile: &str) -> Result<Option<v1::HeldBundle>, AgentError> {
         let old = self.write().remove(profile);
+        self.changes.send_modify(|n| *n += 1);
         let path = self.file_of(profile);
         fsutil::remove_durable(&path).map_err(|source| AgentError::Write { path, source })?;
         Ok(old)

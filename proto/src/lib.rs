@@ -14,6 +14,12 @@ pub mod v1 {
     tonic::include_proto!("varmor.v1");
 }
 
+/// The subset of the Kubernetes CRI (`runtime.v1`) the node agent calls (see
+/// `proto/cri/runtime/v1/runtime.proto`).
+pub mod cri {
+    tonic::include_proto!("runtime.v1");
+}
+
 /// The encoded file descriptor set of the schema, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/varmor_descriptor.bin"));

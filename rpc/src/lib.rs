@@ -2,8 +2,10 @@
 //!
 //! * conversions of the domain types live in `varmor_policy::proto` (feature `proto`);
 //! * [`tls`]: TLS 1.3 with client certificates, certificate identities and authorization;
-//! * [`service`]: what every server registers besides its own services (reflection, health).
+//! * [`service`]: what every server registers besides its own services (reflection, health);
+//! * [`metrics`]: the Prometheus `/metrics` endpoint and a parser of its text.
 
+pub mod metrics;
 pub mod service;
 pub mod tls;
 

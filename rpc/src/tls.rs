@@ -239,6 +239,63 @@ pub fn tls_incoming_with(
     listener: TcpListener,
     config: impl Fn() -> Arc<rustls::ServerConfig> + Send + 'static,
 ) -> impl futures_core::Stream<Item = Result<TlsStream<TcpStream>, io::Error>> {
+    tls_incoming_observed(listener, config, |_| {})
+}
+
+/// Why a server-side TLS handshake did not complete.
+#[derive(Debug)]
+pub enum HandshakeFailure {
+    /// The handshake failed (the cause from rustls, or the connection's I/O error).
+    Failed(io::Error),
+    /// The client did not finish the handshake within 10 s.
+    TimedOut,
+}
+
+impl HandshakeFailure {
+    /// A short, stable reason for metrics labels: `certificate` (missing or untrusted client
+    /// certificate), `protocol` (not TLS 1.3, no common parameters, malformed messages),
+    /// `alert` (the client refused, e.g. our certificate), `tls` (another TLS error), `io`
+    /// (the connection broke) or `timeout`.
+    pub fn reason(&self) -> &'static str {
+        let HandshakeFailure::Failed(e) = self else {
+            return "timeout";
+        };
+        let Some(tls) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+            return "io";
+        };
+        match tls {
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                "certificate"
+            }
+            rustls::Error::PeerIncompatible(_)
+            | rustls::Error::PeerMisbehaved(_)
+            | rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. }
+            | rustls::Error::InvalidMessage(_)
+            | rustls::Error::NoApplicationProtocol => "protocol",
+            rustls::Error::AlertReceived(_) => "alert",
+            _ => "tls",
+        }
+    }
+}
+
+impl std::fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeFailure::Failed(e) => write!(f, "{e}"),
+            HandshakeFailure::TimedOut => f.write_str("timed out"),
+        }
+    }
+}
+
+/// [`tls_incoming_with`] that also reports every failed handshake to `on_failure` (after
+/// logging it), e.g. to count it in a metric.
+pub fn tls_incoming_observed(
+    listener: TcpListener,
+    config: impl Fn() -> Arc<rustls::ServerConfig> + Send + 'static,
+    on_failure: impl Fn(&HandshakeFailure) + Send + Sync + 'static,
+) -> impl futures_core::Stream<Item = Result<TlsStream<TcpStream>, io::Error>> {
+    let on_failure = Arc::new(on_failure);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -258,14 +315,20 @@ pub fn tls_incoming_with(
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(config());
             let tx = tx.clone();
+            let on_failure = on_failure.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => tracing::info!(peer = %addr, error = %e, "TLS handshake refused"),
-                    Err(_) => tracing::info!(peer = %addr, "TLS handshake timed out"),
-                }
+                let failure =
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok(tls)).await;
+                            return;
+                        }
+                        Ok(Err(e)) => HandshakeFailure::Failed(e),
+                        Err(_) => HandshakeFailure::TimedOut,
+                    };
+                tracing::info!(peer = %addr, error = %failure, reason = failure.reason(), "TLS handshake refused");
+                on_failure(&failure);
             });
         }
     });

@@ -8,6 +8,7 @@
 //! kernel and answer `UNAVAILABLE` (with the probe's reason) or `FAILED` ("not implemented in
 //! this version") — never `APPLIED` for something that is not enforced.
 
+pub mod bpf;
 pub mod probe;
 mod probe_only;
 mod recording;
@@ -23,6 +24,7 @@ use varmor_proto::v1;
 use crate::containers::ContainerInfo;
 use crate::host::HostFs;
 
+pub use bpf::{BpfEnforcer, BpfOptions};
 pub use probe::Probe;
 pub use probe_only::ProbeOnlyEnforcer;
 pub use recording::{Call, RecordingEnforcer};
@@ -229,6 +231,12 @@ pub trait Enforcer: Send + Sync + fmt::Debug {
         let _ = container;
         Outcome::removed(format!("{} keeps no per-container state", self.kind()))
     }
+
+    /// The events the enforcer reports from the kernel (once; later calls return `None`).
+    /// The agent forwards them into its event buffer.
+    fn take_events(&self) -> Option<tokio::sync::mpsc::Receiver<v1::Event>> {
+        None
+    }
 }
 
 /// The agent's enforcers, at most one per kind.
@@ -250,11 +258,12 @@ impl Enforcers {
     }
 
     /// The enforcers of this agent version for a host: Seccomp writes profiles into
-    /// `seccomp_dir`; AppArmor and BPF-LSM only probe (their loaders come later).
+    /// `seccomp_dir`; BPF-LSM loads its programs when the kernel can run them (else it answers
+    /// `UNAVAILABLE` with the probe's reason); AppArmor only probes (its loader comes later).
     pub fn for_host(host: &HostFs, seccomp_dir: std::path::PathBuf) -> Self {
         Self::new([
             Arc::new(ProbeOnlyEnforcer::apparmor(host)) as Arc<dyn Enforcer>,
-            Arc::new(ProbeOnlyEnforcer::bpf(host)) as Arc<dyn Enforcer>,
+            Arc::new(BpfEnforcer::for_host(host, BpfOptions::default())) as Arc<dyn Enforcer>,
             Arc::new(SeccompEnforcer::new(host, seccomp_dir)) as Arc<dyn Enforcer>,
         ])
     }

@@ -1,0 +1,1264 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * varmor BPF-LSM enforcer.
+ *
+ * Every hook finds the calling task's container by its mount-namespace inode
+ * (v_containers), the container's profile version ("slot") header (v_headers) and, when it
+ * needs tables, the slot's blob (v_blobs, an array of per-slot inner arrays). Tasks outside
+ * any container return at once. The decision reproduces varmor_policy::decide exactly; see
+ * README.md for the design and the deliberate differences (fail closed on unresolvable paths,
+ * stricter link/rename checks).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#include "varmor.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define EPERM 1
+#define AF_INET 2
+#define AF_INET6 10
+
+#define FMODE_READ 0x1
+#define FMODE_WRITE 0x2
+#define FMODE_NOACCOUNT 0x20000000
+#define O_CREAT 0100
+#define O_TRUNC 01000
+#define O_APPEND 02000
+#define FMODE_EXEC_FLAG 0x20 /* __FMODE_EXEC in f_flags */
+#define CAP_OPT_NOAUDIT 0x2
+#define PTRACE_MODE_READ 0x01
+#define PTRACE_MODE_NOAUDIT 0x04
+#define RENAME_EXCHANGE 0x2
+
+#define MS_REMOUNT 32
+#define MS_BIND 4096
+#define MS_MOVE 8192
+#define MS_UNBINDABLE (1 << 17)
+#define MS_PRIVATE (1 << 18)
+#define MS_SLAVE (1 << 19)
+#define MS_SHARED (1 << 20)
+#define NON_NEW_MOUNT                                                                          \
+	(MS_REMOUNT | MS_BIND | MS_SHARED | MS_PRIVATE | MS_SLAVE | MS_UNBINDABLE | MS_MOVE |  \
+	 VA_MOUNT_UMOUNT)
+
+_Static_assert(sizeof(struct va_automaton) == VA_AUTOMATON_SIZE, "automaton size");
+_Static_assert(__builtin_offsetof(struct va_header, caps) == VA_HDR_OFF_CAPS, "caps");
+_Static_assert(__builtin_offsetof(struct va_header, ptrace_any) == VA_HDR_OFF_PTRACE_ANY, "pa");
+_Static_assert(__builtin_offsetof(struct va_header, ptrace_ext) == VA_HDR_OFF_PTRACE_EXT, "pe");
+_Static_assert(__builtin_offsetof(struct va_header, path) == VA_HDR_OFF_PATH, "path");
+_Static_assert(__builtin_offsetof(struct va_header, mnt) == VA_HDR_OFF_MNT, "mnt");
+_Static_assert(__builtin_offsetof(struct va_header, socket_off) == VA_HDR_OFF_SECTIONS, "sec");
+_Static_assert(sizeof(struct va_header) == VA_HEADER_SIZE, "header size");
+_Static_assert(sizeof(struct va_container) == VA_CONTAINER_SIZE, "container size");
+_Static_assert(__builtin_offsetof(struct va_event, path) == VA_EV_OFF_PATH, "event path");
+_Static_assert(sizeof(struct va_event) == VA_EV_SIZE, "event size");
+_Static_assert(sizeof(struct va_config) == VA_CONFIG_SIZE, "config size");
+_Static_assert(sizeof(struct va_words) == VA_VALUE_SIZE, "value size");
+
+/* ---- maps ---------------------------------------------------------------------------- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, VA_MAX_CONTAINERS);
+	__type(key, __u32);
+	__type(value, struct va_container);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} v_containers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, VA_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct va_header);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} v_headers SEC(".maps");
+
+struct va_blob {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(key_size, 4);
+	/* A size, not a type: clang emits struct va_words only as a forward declaration here. */
+	__uint(value_size, VA_VALUE_SIZE);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, VA_MAX_SLOTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct va_blob);
+} v_blobs SEC(".maps");
+
+/* Which profile each slot holds (written and read by the agent only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, VA_MAX_SLOTS);
+	__uint(key_size, 4);
+	__uint(value_size, VA_SLOT_META_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} v_slot_meta SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct va_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} v_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, VA_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} v_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, VA_RINGBUF_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} v_events SEC(".maps");
+
+struct va_scratch {
+	struct va_event ev;
+	/* Paths: bpf_d_path writes at 0, dentry walks write backwards from VA_PATH_BUF. The
+	 * slack lets a name of up to 255 bytes be copied at any masked offset. */
+	char path[VA_PATH_BUF + 256];
+	/* The mount match sets of the walks being checked: (offset into the ids, count). */
+	__u32 mrow_off[VA_MAX_WALKS];
+	__u32 mrow_cnt[VA_MAX_WALKS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct va_scratch);
+} v_scratch SEC(".maps");
+
+/* ---- small helpers ------------------------------------------------------------------- */
+
+static __always_inline void stat_inc(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&v_stats, &which);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline struct va_scratch *scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&v_scratch, &zero);
+}
+
+static __always_inline __u32 task_mnt_ns(struct task_struct *t)
+{
+	return BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum);
+}
+
+/* The profile of the current task: 0 when it is not in a container. */
+struct who {
+	__u32 ns;
+	__u32 slot;
+	struct va_container *c;
+	struct va_header *h;
+};
+
+static __always_inline int lookup_ns(__u32 ns, struct who *w)
+{
+	w->ns = ns;
+	w->c = bpf_map_lookup_elem(&v_containers, &ns);
+	if (!w->c)
+		return 0;
+	w->slot = w->c->slot;
+	w->h = bpf_map_lookup_elem(&v_headers, &w->slot);
+	return 1;
+}
+
+static __always_inline int event_action(__u32 act)
+{
+	switch (act) {
+	case VA_ACT_DENY_AUDIT:
+		return VA_EVENT_DENIED;
+	case VA_ACT_AUDIT:
+		return VA_EVENT_AUDIT;
+	case VA_ACT_COMPLAIN:
+		return VA_EVENT_ALLOWED;
+	default:
+		return 0;
+	}
+}
+
+/* Fills the common event fields; the caller fills the rest and calls send(). */
+static __always_inline struct va_event *event_begin(struct va_scratch *s, struct who *w,
+						    __u32 type, __u32 action, __u32 tgid)
+{
+	struct va_event *e = &s->ev;
+	e->type = type;
+	e->action = action;
+	e->mnt_ns = w->ns;
+	e->tgid = tgid;
+	e->ktime = bpf_ktime_get_boot_ns();
+	e->slot = w->slot;
+	e->generation = w->h ? w->h->generation : 0;
+	e->flags = 0;
+	e->perms = 0;
+	e->a = 0;
+	e->b = 0;
+	e->c = 0;
+	e->addr[0] = 0;
+	e->addr[1] = 0;
+	e->addr[2] = 0;
+	e->addr[3] = 0;
+	e->path_len = 0;
+	e->fstype[0] = 0;
+	return e;
+}
+
+static __always_inline void send(struct va_scratch *s)
+{
+	__u32 len = s->ev.path_len & (VA_PATH_MAX - 1);
+	stat_inc(VA_STAT_EVENTS);
+	if (bpf_ringbuf_output(&v_events, &s->ev, VA_EV_OFF_PATH + len, 0))
+		stat_inc(VA_STAT_EVENTS_DROPPED);
+}
+
+static __always_inline __u32 current_tgid(void)
+{
+	return bpf_get_current_pid_tgid() >> 32;
+}
+
+/* Copies the path at s->path[start..start+len) into the event. */
+static __always_inline void event_path(struct va_scratch *s, __u32 start, __u32 len)
+{
+	len &= VA_PATH_MAX - 1;
+	bpf_probe_read_kernel(s->ev.path, len, &s->path[start & (VA_PATH_BUF - 1)]);
+	s->ev.path_len = len;
+}
+
+/* ---- blob access --------------------------------------------------------------------- */
+
+static __always_inline struct va_words *blob_value(void *blob, __u64 word)
+{
+	__u32 key = word >> 4;
+	if (word >> 36)
+		return 0;
+	return bpf_map_lookup_elem(blob, &key);
+}
+
+/* ---- the automaton walk -------------------------------------------------------------- */
+
+struct walk_ctx {
+	void *blob;
+	__u32 slot;
+	__u32 start;
+	__u32 mount;
+	__u32 lo;
+	__u32 span;
+	__u32 nclasses;
+	__u32 trans_off;
+	__u32 nwalks;
+	__u32 err;
+	__u32 states[VA_MAX_WALKS];
+};
+
+static long walk_step(__u32 i, void *data)
+{
+	struct walk_ctx *c = data;
+	struct va_scratch *s = scratch();
+	if (!s) {
+		c->err = 1;
+		return 1;
+	}
+	__u8 b = s->path[(c->start + i) & (VA_PATH_BUF - 1)];
+	struct va_header *h = bpf_map_lookup_elem(&v_headers, &c->slot);
+	if (!h) {
+		c->err = 1;
+		return 1;
+	}
+	__u32 cls = c->mount ? h->mnt.classes[b] : h->path.classes[b];
+	int alive = 0;
+#pragma unroll
+	for (int k = 0; k < VA_MAX_WALKS; k++) {
+		if (k >= c->nwalks)
+			break;
+		__u32 st = c->states[k];
+		if (st - c->lo >= c->span)
+			continue;
+		__u64 word = (__u64)c->trans_off + (__u64)st * c->nclasses + cls;
+		struct va_words *v = blob_value(c->blob, word);
+		if (!v) {
+			c->err = 1;
+			return 1;
+		}
+		st = v->w[word & 15];
+		c->states[k] = st;
+		if (st - c->lo < c->span)
+			alive = 1;
+	}
+	return alive ? 0 : 1;
+}
+
+/* Walks the automaton over s->path[start..start+len) and ORs the verdict rows of the final
+ * states into v[4] (path automaton) or records the mount rows in rows[] (mount automaton).
+ * Returns -1 when a table could not be read. */
+static __always_inline int walk(struct who *w, void *blob, struct va_automaton *a, __u32 mount,
+				__u32 kind, __u32 start, __u32 len, __u32 v[4],
+				__u32 rows_off[VA_MAX_WALKS], __u32 rows_cnt[VA_MAX_WALKS])
+{
+	struct walk_ctx c = {};
+	c.blob = blob;
+	c.slot = w->slot;
+	c.start = start;
+	c.mount = mount;
+	if (kind > 2)
+		return -1;
+	c.lo = a->live_lo[kind];
+	c.span = a->live_hi[kind] - c.lo;
+	c.nclasses = a->class_count;
+	c.trans_off = a->trans_off;
+	c.nwalks = a->walk_count;
+	if (c.nwalks > VA_MAX_WALKS)
+		return -1;
+#pragma unroll
+	for (int k = 0; k < VA_MAX_WALKS; k++)
+		c.states[k] = a->starts[k];
+	if (len > 0)
+		bpf_loop(len, walk_step, &c, 0);
+	if (c.err)
+		return -1;
+	__u32 accept_off = a->accept_off;
+	__u32 rows = a->rows_off;
+#pragma unroll
+	for (int k = 0; k < VA_MAX_WALKS; k++) {
+		if (k >= c.nwalks)
+			break;
+		__u32 st = c.states[k];
+		if (st - c.lo >= c.span)
+			continue;
+		__u64 word = (__u64)accept_off + st;
+		struct va_words *val = blob_value(blob, word);
+		if (!val)
+			return -1;
+		__u32 acc = val->w[word & 15];
+		if (!acc)
+			continue;
+		if (!mount) {
+			word = (__u64)rows + (__u64)(acc - 1) * VA_VERDICT_WORDS;
+			val = blob_value(blob, word);
+			if (!val)
+				return -1;
+			__u32 at = word & 12;
+			v[0] |= val->w[at & 15];
+			v[1] |= val->w[(at + 1) & 15];
+			v[2] |= val->w[(at + 2) & 15];
+			v[3] |= val->w[(at + 3) & 15];
+		} else {
+			word = (__u64)rows + (__u64)(acc - 1) * VA_MOUNT_ROW_WORDS;
+			val = blob_value(blob, word);
+			if (!val)
+				return -1;
+			__u32 at = word & 14;
+			rows_off[k] = val->w[at & 15];
+			rows_cnt[k] = val->w[(at + 1) & 15];
+		}
+	}
+	return 0;
+}
+
+static __always_inline __u32 verdict_action(__u32 v[4], __u32 requested)
+{
+	if (v[VA_ACT_DENY_AUDIT] & requested)
+		return VA_ACT_DENY_AUDIT;
+	if (v[VA_ACT_DENY] & requested)
+		return VA_ACT_DENY;
+	if (v[VA_ACT_AUDIT] & requested)
+		return VA_ACT_AUDIT;
+	if (v[VA_ACT_COMPLAIN] & requested)
+		return VA_ACT_COMPLAIN;
+	return VA_ACT_NONE;
+}
+
+/* ---- paths --------------------------------------------------------------------------- */
+
+struct resolve_ctx {
+	__u64 dentry;
+	__u64 vfsmnt;
+	__u64 root_dentry;
+	__u64 root_mnt;
+	__u32 pos;
+	__u32 err;
+	__u32 done;
+};
+
+static long resolve_step(__u32 i, void *data)
+{
+	struct resolve_ctx *c = data;
+	struct dentry *d = (struct dentry *)c->dentry;
+	struct vfsmount *vm = (struct vfsmount *)c->vfsmnt;
+	if (c->dentry == c->root_dentry && c->vfsmnt == c->root_mnt) {
+		c->done = 1;
+		return 1;
+	}
+	struct dentry *mnt_root = BPF_CORE_READ(vm, mnt_root);
+	struct dentry *parent = BPF_CORE_READ(d, d_parent);
+	if (d == mnt_root || d == parent) {
+		if (d != mnt_root) {
+			/* A disconnected dentry: the path stops here. */
+			c->done = 1;
+			return 1;
+		}
+		struct mount *m = (void *)vm - bpf_core_field_offset(struct mount, mnt);
+		struct mount *pm = BPF_CORE_READ(m, mnt_parent);
+		if (pm == m || !pm) {
+			c->done = 1;
+			return 1;
+		}
+		c->dentry = (__u64)BPF_CORE_READ(m, mnt_mountpoint);
+		c->vfsmnt = (__u64)((void *)pm + bpf_core_field_offset(struct mount, mnt));
+		return 0;
+	}
+	__u32 len = BPF_CORE_READ(d, d_name.len);
+	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
+	if (len > 255 || c->pos < len + 1 + (VA_PATH_BUF - VA_PATH_MAX) + 1) {
+		c->err = 1;
+		return 1;
+	}
+	struct va_scratch *s = scratch();
+	if (!s) {
+		c->err = 1;
+		return 1;
+	}
+	c->pos -= len;
+	bpf_probe_read_kernel(&s->path[c->pos & (VA_PATH_BUF - 1)], len & 255, name);
+	c->pos -= 1;
+	s->path[c->pos & (VA_PATH_BUF - 1)] = '/';
+	c->dentry = (__u64)parent;
+	return 0;
+}
+
+/* Builds the path of (mnt, dentry) as the current task sees it (relative to its root, like
+ * d_path) at the end of the scratch path buffer. Returns the start offset, the length in
+ * *len, or -1 when the path cannot be resolved. */
+static __always_inline int resolve_path(struct vfsmount *mnt, struct dentry *dentry, __u32 *len)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct resolve_ctx c = {};
+	c.dentry = (__u64)dentry;
+	c.vfsmnt = (__u64)mnt;
+	c.root_dentry = (__u64)BPF_CORE_READ(t, fs, root.dentry);
+	c.root_mnt = (__u64)BPF_CORE_READ(t, fs, root.mnt);
+	c.pos = VA_PATH_BUF;
+	bpf_loop(VA_MAX_DEPTH, resolve_step, &c, 0);
+	if (c.err || !c.done)
+		return -1;
+	if (c.pos == VA_PATH_BUF) {
+		struct va_scratch *s = scratch();
+		if (!s)
+			return -1;
+		c.pos -= 1;
+		s->path[c.pos & (VA_PATH_BUF - 1)] = '/';
+	}
+	*len = VA_PATH_BUF - c.pos;
+	return c.pos;
+}
+
+/* ---- path decisions ------------------------------------------------------------------ */
+
+/* Decides a file or exec access on the path at s->path[start..start+len) and reports it.
+ * err != 0 means the path could not be resolved: denied (fail closed) unless complaining. */
+static __always_inline int decide_path(struct who *w, struct va_scratch *s, __u32 type,
+				       __u32 kind, __u32 requested, int err, __u32 start,
+				       __u32 len)
+{
+	struct va_header *h = w->h;
+	if (!h)
+		return -EPERM;
+	__u32 act = VA_ACT_NONE;
+	__u32 flags = 0;
+	if (h->mode == VA_MODE_COMPLAIN) {
+		act = VA_ACT_COMPLAIN;
+	} else if (err) {
+		stat_inc(VA_STAT_PATH_ERRORS);
+		act = VA_ACT_DENY_AUDIT;
+		flags = VA_EVF_PATH_ERROR;
+	} else {
+		void *blob = bpf_map_lookup_elem(&v_blobs, &w->slot);
+		__u32 v[4] = {};
+		__u32 ro[VA_MAX_WALKS], rc[VA_MAX_WALKS];
+		if (!blob || walk(w, blob, &h->path, 0, kind, start, len, v, ro, rc) < 0) {
+			stat_inc(VA_STAT_TABLE_ERRORS);
+			act = VA_ACT_DENY_AUDIT;
+			flags = VA_EVF_TABLE_ERROR;
+		} else {
+			act = verdict_action(v, requested);
+		}
+	}
+	int ea = h->mode == VA_MODE_COMPLAIN ? VA_EVENT_ALLOWED : event_action(act);
+	if (ea) {
+		struct va_event *e = event_begin(s, w, type, ea, current_tgid());
+		e->flags = flags;
+		e->perms = requested;
+		if (!err)
+			event_path(s, start, len);
+		send(s);
+	}
+	if (h->mode == VA_MODE_COMPLAIN)
+		return 0;
+	if (act <= VA_ACT_DENY) {
+		stat_inc(VA_STAT_DENIALS);
+		return -EPERM;
+	}
+	return 0;
+}
+
+/* Whether the profile can say anything about accesses of this kind (skips the path). */
+static __always_inline int path_rules_for(struct va_header *h, __u32 kind)
+{
+	if (h->mode == VA_MODE_COMPLAIN)
+		return 1;
+	if (kind > 2)
+		return 1;
+	return h->path.walk_count && h->path.live_hi[kind] > h->path.live_lo[kind];
+}
+
+/* The current task's profile; returns 0 for tasks outside containers. A container whose slot
+ * has no header is denied (fail closed): *deny is set. */
+static __always_inline int current_profile(struct who *w, int *deny)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	*deny = 0;
+	if (!lookup_ns(task_mnt_ns(t), w))
+		return 0;
+	if (!w->h || w->h->mode == VA_MODE_FREE) {
+		stat_inc(VA_STAT_TABLE_ERRORS);
+		*deny = 1;
+		return 0;
+	}
+	return 1;
+}
+
+SEC("lsm/file_open")
+int BPF_PROG(varmor_file_open, struct file *file, int ret)
+{
+	struct who w = {};
+	int deny;
+	if (ret)
+		return ret;
+	if (!current_profile(&w, &deny))
+		return deny ? -EPERM : 0;
+	__u32 fflags = file->f_flags;
+	__u32 fmode = file->f_mode;
+	/* Exec opens are decided in bprm_check_security; opens overlayfs makes of the real file
+	 * repeat the check already made on the overlay file (same path). */
+	if ((fflags & FMODE_EXEC_FLAG) || (fmode & FMODE_NOACCOUNT))
+		return 0;
+	if (!path_rules_for(w.h, VA_KIND_FILE))
+		return 0;
+	__u32 req = 0;
+	if (fmode & FMODE_READ)
+		req |= VA_PERM_READ;
+	if (fmode & FMODE_WRITE)
+		req |= (fflags & O_APPEND) ? VA_PERM_APPEND : VA_PERM_WRITE;
+	if (fflags & O_TRUNC)
+		req |= VA_PERM_WRITE;
+	if (fflags & O_CREAT)
+		req |= VA_PERM_CREATE;
+	struct va_scratch *s = scratch();
+	if (!s)
+		return -EPERM;
+	long n = bpf_d_path((struct path *)&file->f_path, s->path, VA_PATH_MAX);
+	int err = n <= 0 || n > VA_PATH_MAX;
+	return decide_path(&w, s, VA_EV_FILE, VA_KIND_FILE, req, err, 0, err ? 0 : n - 1);
+}
+
+SEC("lsm/bprm_check_security")
+int BPF_PROG(varmor_bprm_check_security, struct linux_binprm *bprm, int ret)
+{
+	struct who w = {};
+	int deny;
+	if (ret)
+		return ret;
+	if (!current_profile(&w, &deny))
+		return deny ? -EPERM : 0;
+	if (!path_rules_for(w.h, VA_KIND_EXEC))
+		return 0;
+	struct va_scratch *s = scratch();
+	if (!s)
+		return -EPERM;
+	struct file *f = bprm->file;
+	long n = bpf_d_path((struct path *)&f->f_path, s->path, VA_PATH_MAX);
+	int err = n <= 0 || n > VA_PATH_MAX;
+	return decide_path(&w, s, VA_EV_EXEC, VA_KIND_EXEC, VA_PERM_EXEC, err, 0,
+			   err ? 0 : n - 1);
+}
+
+/* Decides (mnt, dentry) with `requested`; one call per path of link/rename/symlink. */
+static __always_inline int check_dentry(struct who *w, struct vfsmount *mnt,
+					struct dentry *dentry, __u32 requested, __u32 kind)
+{
+	struct va_scratch *s = scratch();
+	if (!s)
+		return -EPERM;
+	__u32 len = 0;
+	int start = resolve_path(mnt, dentry, &len);
+	int err = start < 0;
+	return decide_path(w, s, VA_EV_FILE, kind, requested, err, err ? 0 : start, len);
+}
+
+#define OLD_SIDE (VA_PERM_READ | VA_PERM_WRITE | VA_PERM_APPEND | VA_PERM_EXEC)
+
+SEC("lsm/path_symlink")
+int BPF_PROG(varmor_path_symlink, const struct path *dir, struct dentry *dentry,
+	     const char *old_name, int ret)
+{
+	struct who w = {};
+	int deny;
+	if (ret)
+		return ret;
+	if (!current_profile(&w, &deny))
+		return deny ? -EPERM : 0;
+	if (!path_rules_for(w.h, VA_KIND_FILE))
+		return 0;
+	return check_dentry(&w, BPF_CORE_READ(dir, mnt), dentry, VA_PERM_WRITE | VA_PERM_LINK,
+			    VA_KIND_FILE);
+}
+
+SEC("lsm/path_link")
+int BPF_PROG(varmor_path_link, struct dentry *old_dentry, const struct path *new_dir,
+	     struct dentry *new_dentry, int ret)
+{
+	struct who w = {};
+	int deny;
+	if (ret)
+		return ret;
+	if (!current_profile(&w, &deny))
+		return deny ? -EPERM : 0;
+	if (!path_rules_for(w.h, VA_KIND_ANY))
+		return 0;
+	struct vfsmount *mnt = BPF_CORE_READ(new_dir, mnt);
+	int r = check_dentry(&w, mnt, old_dentry, OLD_SIDE | VA_PERM_LINK, VA_KIND_ANY);
+	if (r)
+		return r;
+	return check_dentry(&w, mnt, new_dentry, VA_PERM_WRITE | VA_PERM_LINK, VA_KIND_FILE);
+}
+
+SEC("lsm/path_rename")
+int BPF_PROG(varmor_path_rename, const struct path *old_dir, struct dentry *old_dentry,
+	     const struct path *new_dir, struct dentry *new_dentry, unsigned int flags, int ret)
+{
+	struct who w = {};
+	int deny;
+	if (ret)
+		return ret;
+	if (!current_profile(&w, &deny))
+		return deny ? -EPERM : 0;
+	if (!path_rules_for(w.h, VA_KIND_ANY))
+		return 0;
+	int r = check_dentry(&w, BPF_CORE_READ(old_dir, mnt), old_dentry,
+			     OLD_SIDE | VA_PERM_RENAME, VA_KIND_ANY);
+	if (r)
+		return r;
+	if (flags & RENAME_EXCHANGE)
+		return check_dentry(&w, BPF_CORE_READ(new_dir, mnt), new_dentry,
+				    OLD_SIDE | VA_PERM_RENAME, VA_KIND_ANY);
+	return check_dentry(&w, BPF_CORE_READ(new_dir, mnt), new_dentry,
+			    VA_PERM_WRITE | VA_PERM_RENAME, VA_KIND_FILE);
+}
+
+/* ---- capabilities -------------------------------------------------------------------- */
+
+SEC("lsm/capable")
+int BPF_PROG(varmor_capable, const struct cred *cred, struct user_namespace *ns, int cap,
+	     unsigned int opts, int ret)
+{
+	struct who w = {};
+	int deny;
+	if (ret)
+		return ret;
+	if (!current_profile(&w, &deny))
+		return deny ? -EPERM : 0;
+	/* A credential the kernel put in place temporarily (overlayfs copy-up with the mounter's
+	 * credentials, access(2)) is not the task's own use of a capability. */
+	struct task_struct *t = bpf_get_current_task_btf();
+	if ((__u64)cred != (__u64)BPF_CORE_READ(t, real_cred))
+		return 0;
+	if (cap < 0 || cap > 63)
+		return 0;
+	struct va_header *h = w.h;
+	__u64 bit = 1ULL << cap;
+	__u32 act = VA_ACT_NONE;
+	int ea;
+	if (h->mode == VA_MODE_COMPLAIN) {
+		ea = VA_EVENT_ALLOWED;
+	} else {
+		if (h->caps[0] & bit)
+			act = 0;
+		else if (h->caps[1] & bit)
+			act = 1;
+		else if (h->caps[2] & bit)
+			act = 2;
+		else if (h->caps[3] & bit)
+			act = 3;
+		ea = event_action(act);
+	}
+	if (ea && !(opts & CAP_OPT_NOAUDIT)) {
+		struct va_scratch *s = scratch();
+		if (s) {
+			struct va_event *e = event_begin(s, &w, VA_EV_CAPABILITY, ea, current_tgid());
+			e->perms = cap;
+			send(s);
+		}
+	}
+	if (h->mode != VA_MODE_COMPLAIN && act <= VA_ACT_DENY) {
+		stat_inc(VA_STAT_DENIALS);
+		return -EPERM;
+	}
+	return 0;
+}
+
+/* ---- sockets ------------------------------------------------------------------------- */
+
+struct scan_ctx {
+	void *blob;
+	__u64 off;
+	__u32 a, b, c;
+	__u32 act;
+	__u32 err;
+	__u32 family;
+	__u32 addr[4];
+	struct va_container *cont;
+};
+
+static __always_inline int mask_has(__u32 lo, __u32 hi, __u32 v)
+{
+	if (!lo && !hi)
+		return 1;
+	if (v < 32)
+		return (lo >> v) & 1;
+	if (v < 64)
+		return (hi >> (v - 32)) & 1;
+	return 0;
+}
+
+static long socket_step(__u32 i, void *data)
+{
+	struct scan_ctx *c = data;
+	__u64 word = c->off + (__u64)i * VA_SOCKET_WORDS;
+	struct va_words *v = blob_value(c->blob, word);
+	if (!v) {
+		c->err = 1;
+		return 1;
+	}
+	__u32 at = word & 8;
+	__u32 *r = &v->w[at & 8];
+	if (mask_has(r[0], r[1], c->a) && mask_has(r[2], r[3], c->b) &&
+	    mask_has(r[4], r[5], c->c)) {
+		c->act = r[6];
+		return 1;
+	}
+	return 0;
+}
+
+SEC("lsm/socket_create")
+int BPF_PROG(varmor_socket_create, int family, int type, int protocol, int kern, int ret)
+{
+	struct who w = {};
+	int deny;
+	if (ret)
+		return ret;
+	if (kern)
+		return 0;
+	if (!current_profile(&w, &deny))
+		return deny ? -EPERM : 0;
+	struct va_header *h = w.h;
+	__u32 t = type & 0xf;
+	__u32 p = protocol;
+	if ((family == AF_INET || family == AF_INET6) && p == 0) {
+		if (t == 1)
+			p = 6;
+		else if (t == 2)
+			p = 17;
+	}
+	__u32 act = VA_ACT_NONE;
+	__u32 flags = 0;
+	int ea;
+	if (h->mode == VA_MODE_COMPLAIN) {
+		ea = VA_EVENT_ALLOWED;
+	} else {
+		if (h->socket_count) {
+			struct scan_ctx c = {};
+			c.blob = bpf_map_lookup_elem(&v_blobs, &w.slot);
+			c.off = h->socket_off;
+			c.a = family;
+			c.b = t;
+			c.c = p;
+			c.act = VA_ACT_NONE;
+			if (c.blob)
+				bpf_loop(h->socket_count, socket_step, &c, 0);
+			if (!c.blob || c.err) {
+				stat_inc(VA_STAT_TABLE_ERRORS);
+				c.act = VA_ACT_DENY_AUDIT;
+				flags = VA_EVF_TABLE_ERROR;
+			}
+			act = c.act;
+		}
+		ea = event_action(act);
+	}
+	if (ea) {
+		struct va_scratch *s = scratch();
+		if (s) {
+			struct va_event *e = event_begin(s, &w, VA_EV_SOCKET, ea, current_tgid());
+			e->flags = flags;
+			e->a = family;
+			e->b = t;
+			e->c = p;
+			send(s);
+		}
+	}
+	if (h->mode != VA_MODE_COMPLAIN && act <= VA_ACT_DENY) {
+		stat_inc(VA_STAT_DENIALS);
+		return -EPERM;
+	}
+	return 0;
+}
+
+static long egress_step(__u32 i, void *data)
+{
+	struct scan_ctx *c = data;
+	__u64 word = c->off + (__u64)i * VA_EGRESS_WORDS;
+	struct va_words *r = blob_value(c->blob, word);
+	if (!r) {
+		c->err = 1;
+		return 1;
+	}
+	/* [action, kind, port_lo, port_hi, addr0..3, mask0..3] */
+	if (c->b < r->w[2] || c->b > r->w[3])
+		return 0;
+	__u32 kind = r->w[1];
+	int hit = 0;
+	if (kind == VA_EGRESS_ANY) {
+		hit = 1;
+	} else if (kind == VA_EGRESS_V4) {
+		hit = c->family == 4 && (c->addr[0] & r->w[8]) == r->w[4];
+	} else if (kind == VA_EGRESS_V6) {
+		hit = c->family == 6 && (c->addr[0] & r->w[8]) == r->w[4] &&
+		      (c->addr[1] & r->w[9]) == r->w[5] && (c->addr[2] & r->w[10]) == r->w[6] &&
+		      (c->addr[3] & r->w[11]) == r->w[7];
+	} else if (kind == VA_EGRESS_POD_SELF) {
+		struct va_container *ct = c->cont;
+		if (!ct)
+			return 0;
+		if (c->family == 4)
+			hit = (ct->flags & VA_CF_POD_V4) && ct->pod_v4 == c->addr[0];
+		else
+			hit = (ct->flags & VA_CF_POD_V6) && ct->pod_v6[0] == c->addr[0] &&
+			      ct->pod_v6[1] == c->addr[1] && ct->pod_v6[2] == c->addr[2] &&
+			      ct->pod_v6[3] == c->addr[3];
+	}
+	if (hit) {
+		c->act = r->w[0];
+		return 1;
+	}
+	return 0;
+}
+
+SEC("lsm/socket_connect")
+int BPF_PROG(varmor_socket_connect, struct socket *sock, struct sockaddr *address, int addrlen,
+	     int ret)
+{
+	struct who w = {};
+	int deny;
+	if (ret)
+		return ret;
+	if (!current_profile(&w, &deny))
+		return deny ? -EPERM : 0;
+	struct va_header *h = w.h;
+	struct scan_ctx c = {};
+	__u16 fam = BPF_CORE_READ(address, sa_family);
+	__u16 port_be;
+	if (fam == AF_INET) {
+		if (addrlen < (int)sizeof(struct sockaddr_in))
+			return 0;
+		struct sockaddr_in *in = (struct sockaddr_in *)address;
+		c.family = 4;
+		c.addr[0] = bpf_ntohl(BPF_CORE_READ(in, sin_addr.s_addr));
+		port_be = BPF_CORE_READ(in, sin_port);
+	} else if (fam == AF_INET6) {
+		if (addrlen < (int)sizeof(struct sockaddr_in6))
+			return 0;
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)address;
+		__u32 a6[4];
+		bpf_probe_read_kernel(a6, sizeof(a6), &in6->sin6_addr);
+		port_be = BPF_CORE_READ(in6, sin6_port);
+		__u32 w0 = bpf_ntohl(a6[0]), w1 = bpf_ntohl(a6[1]), w2 = bpf_ntohl(a6[2]),
+		      w3 = bpf_ntohl(a6[3]);
+		if (w0 == 0 && w1 == 0 && w2 == 0xffff) {
+			c.family = 4;
+			c.addr[0] = w3;
+		} else {
+			c.family = 6;
+			c.addr[0] = w0;
+			c.addr[1] = w1;
+			c.addr[2] = w2;
+			c.addr[3] = w3;
+		}
+	} else {
+		return 0;
+	}
+	c.b = bpf_ntohs(port_be);
+	c.cont = w.c;
+	__u32 act = VA_ACT_NONE;
+	__u32 flags = 0;
+	int ea;
+	if (h->mode == VA_MODE_COMPLAIN) {
+		ea = VA_EVENT_ALLOWED;
+	} else {
+		if (h->egress_count) {
+			c.blob = bpf_map_lookup_elem(&v_blobs, &w.slot);
+			c.off = h->egress_off;
+			c.act = VA_ACT_NONE;
+			if (c.blob)
+				bpf_loop(h->egress_count, egress_step, &c, 0);
+			if (!c.blob || c.err) {
+				stat_inc(VA_STAT_TABLE_ERRORS);
+				c.act = VA_ACT_DENY_AUDIT;
+				flags = VA_EVF_TABLE_ERROR;
+			}
+			act = c.act;
+		}
+		ea = event_action(act);
+	}
+	if (ea) {
+		struct va_scratch *s = scratch();
+		if (s) {
+			struct va_event *e = event_begin(s, &w, VA_EV_CONNECT, ea, current_tgid());
+			e->flags = flags;
+			e->a = c.family;
+			e->b = c.b;
+			e->addr[0] = c.addr[0];
+			e->addr[1] = c.addr[1];
+			e->addr[2] = c.addr[2];
+			e->addr[3] = c.addr[3];
+			send(s);
+		}
+	}
+	if (h->mode != VA_MODE_COMPLAIN && act <= VA_ACT_DENY) {
+		stat_inc(VA_STAT_DENIALS);
+		return -EPERM;
+	}
+	return 0;
+}
+
+/* ---- ptrace -------------------------------------------------------------------------- */
+
+static __always_inline __u32 ptrace_action(struct va_header *h, __u32 perm, int external)
+{
+#pragma unroll
+	for (int a = 0; a < 4; a++) {
+		if ((h->ptrace_any[a] & perm) || (external && (h->ptrace_ext[a] & perm)))
+			return a;
+	}
+	return VA_ACT_NONE;
+}
+
+/* One side of a ptrace check; returns -EPERM to deny. */
+static __always_inline int ptrace_side(struct who *w, __u32 perm, int external, int noaudit,
+				       __u32 tgid, __u32 side_flag)
+{
+	struct va_header *h = w->h;
+	if (!h || h->mode == VA_MODE_FREE)
+		return -EPERM;
+	__u32 act = VA_ACT_NONE;
+	int ea;
+	if (h->mode == VA_MODE_COMPLAIN) {
+		ea = VA_EVENT_ALLOWED;
+	} else {
+		act = ptrace_action(h, perm, external);
+		ea = event_action(act);
+	}
+	if (ea && !noaudit) {
+		struct va_scratch *s = scratch();
+		if (s) {
+			struct va_event *e = event_begin(s, w, VA_EV_PTRACE, ea, tgid);
+			e->perms = perm;
+			e->flags = side_flag | (external ? VA_EVF_EXTERNAL : 0);
+			send(s);
+		}
+	}
+	if (h->mode != VA_MODE_COMPLAIN && act <= VA_ACT_DENY) {
+		stat_inc(VA_STAT_DENIALS);
+		return -EPERM;
+	}
+	return 0;
+}
+
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(varmor_ptrace_access_check, struct task_struct *child, unsigned int mode, int ret)
+{
+	if (ret)
+		return ret;
+	struct task_struct *t = bpf_get_current_task_btf();
+	__u32 me = task_mnt_ns(t);
+	__u32 peer = task_mnt_ns(child);
+	int external = me != peer;
+	int read = mode & PTRACE_MODE_READ;
+	int noaudit = mode & PTRACE_MODE_NOAUDIT;
+	int result = 0;
+	struct who w = {};
+	if (lookup_ns(me, &w)) {
+		if (ptrace_side(&w, read ? VA_PTRACE_READ : VA_PTRACE_TRACE, external, noaudit,
+				current_tgid(), 0))
+			result = -EPERM;
+	}
+	__u32 zero = 0;
+	struct va_config *cfg = bpf_map_lookup_elem(&v_config, &zero);
+	/* Tracers in the host's initial mount namespace are never denied on the traced side. */
+	if (cfg && cfg->init_mnt_ns && me == cfg->init_mnt_ns)
+		return result;
+	struct who w2 = {};
+	if (lookup_ns(peer, &w2)) {
+		if (ptrace_side(&w2, read ? VA_PTRACE_READBY : VA_PTRACE_TRACEBY, external, noaudit,
+				BPF_CORE_READ(child, tgid), VA_EVF_TRACED_SIDE))
+			result = -EPERM;
+	}
+	return result;
+}
+
+/* ---- mounts -------------------------------------------------------------------------- */
+
+struct mount_ctx {
+	void *blob;
+	__u64 ids_off;
+	__u64 rules_off;
+	__u32 is_mount;
+	__u32 flags;
+	__u32 best;
+	__u32 err;
+	__u32 k; /* current walk */
+	__u32 j; /* position in its match set */
+	__u32 fs[VA_FSTYPE_LEN / 4];
+	__u32 none[VA_FSTYPE_LEN / 4];
+};
+
+/* One mount rule of the match sets of the walks (rows in the scratch value), per call. */
+static long mount_rule_step(__u32 i, void *data)
+{
+	struct mount_ctx *c = data;
+	struct va_scratch *s = scratch();
+	if (!s) {
+		c->err = 1;
+		return 1;
+	}
+#pragma unroll
+	for (int n = 0; n < VA_MAX_WALKS; n++) {
+		if (c->k < VA_MAX_WALKS && c->j >= s->mrow_cnt[c->k & (VA_MAX_WALKS - 1)]) {
+			c->k++;
+			c->j = 0;
+		}
+	}
+	if (c->k >= VA_MAX_WALKS)
+		return 1;
+	__u64 word = c->ids_off + s->mrow_off[c->k & (VA_MAX_WALKS - 1)] + c->j;
+	c->j++;
+	struct va_words *v = blob_value(c->blob, word);
+	if (!v) {
+		c->err = 1;
+		return 1;
+	}
+	__u32 id = v->w[word & 15];
+	word = c->rules_off + (__u64)id * VA_MOUNT_RULE_WORDS;
+	struct va_words *r = blob_value(c->blob, word);
+	if (!r) {
+		c->err = 1;
+		return 1;
+	}
+	/* [flags, reverse_flags, action, fstype_any, fstype words 0..7] */
+	int flags_ok;
+	__u32 *fs;
+	if (c->is_mount) {
+		flags_ok = (c->flags & r->w[0]) || (~c->flags & r->w[1]);
+		fs = c->fs;
+	} else {
+		flags_ok = r->w[0] & c->flags;
+		fs = c->none;
+	}
+	if (!flags_ok)
+		return 0;
+	if (!r->w[3]) {
+#pragma unroll
+		for (int k = 0; k < VA_FSTYPE_LEN / 4; k++)
+			if (r->w[4 + k] != fs[k])
+				return 0;
+	}
+	if (r->w[2] < c->best)
+		c->best = r->w[2];
+	return 0;
+}
+
+/* Decides a mount access whose source string is at s->path[start..start+len). fstype is the
+ * compared filesystem type (zero padded) for mount(2); flags are its flags, or the forward
+ * flag (MOVE or UMOUNT) for move_mount/umount. */
+static __always_inline int decide_mount(struct who *w, struct va_scratch *s, int err,
+					__u32 start, __u32 len, __u32 is_mount, __u32 flags,
+					__u32 fs[VA_FSTYPE_LEN / 4])
+{
+	struct va_header *h = w->h;
+	__u32 act = VA_ACT_NONE;
+	__u32 evflags = 0;
+	if (h->mode == VA_MODE_COMPLAIN) {
+		act = VA_ACT_COMPLAIN;
+	} else if (err) {
+		stat_inc(VA_STAT_PATH_ERRORS);
+		act = VA_ACT_DENY_AUDIT;
+		evflags = VA_EVF_PATH_ERROR;
+	} else if (h->mnt.walk_count) {
+		void *blob = bpf_map_lookup_elem(&v_blobs, &w->slot);
+		__u32 v[4] = {};
+		__u32 ro[VA_MAX_WALKS] = {}, rc[VA_MAX_WALKS] = {};
+		if (!blob || walk(w, blob, &h->mnt, 1, VA_KIND_FILE, start, len, v, ro, rc) < 0) {
+			act = VA_ACT_DENY_AUDIT;
+			evflags = VA_EVF_TABLE_ERROR;
+		} else {
+			struct mount_ctx c = {};
+			c.blob = blob;
+			c.ids_off = h->mount_ids_off;
+			c.rules_off = h->mount_rules_off;
+			c.is_mount = is_mount;
+			c.flags = flags;
+			c.best = VA_ACT_NONE;
+#pragma unroll
+			for (int k = 0; k < VA_FSTYPE_LEN / 4; k++)
+				c.fs[k] = fs[k];
+			c.none[0] = 0x656e6f6e; /* "none" little-endian */
+			__u32 total = 0;
+#pragma unroll
+			for (int k = 0; k < VA_MAX_WALKS; k++) {
+				s->mrow_off[k] = ro[k];
+				s->mrow_cnt[k] = rc[k];
+				total += rc[k];
+			}
+			if (total > VA_MAX_WALKS * 65536)
+				c.err = 1;
+			else if (total)
+				bpf_loop(total, mount_rule_step, &c, 0);
+			if (c.err) {
+				act = VA_ACT_DENY_AUDIT;
+				evflags = VA_EVF_TABLE_ERROR;
+			} else {
+				act = c.best;
+			}
+		}
+		if (evflags)
+			stat_inc(VA_STAT_TABLE_ERRORS);
+	}
+	int ea = h->mode == VA_MODE_COMPLAIN ? VA_EVENT_ALLOWED : event_action(act);
+	if (ea) {
+		struct va_event *e = event_begin(s, w, VA_EV_MOUNT, ea, current_tgid());
+		e->flags = evflags;
+		e->perms = flags;
+		__u32 *out = (__u32 *)e->fstype;
+		if (is_mount) {
+#pragma unroll
+			for (int k = 0; k < VA_FSTYPE_LEN / 4; k++)
+				out[k] = fs[k];
+		} else {
+			out[0] = 0x656e6f6e;
+			out[1] = 0;
+		}
+		if (!err)
+			event_path(s, start, len);
+		send(s);
+	}
+	if (h->mode == VA_MODE_COMPLAIN)
+		return 0;
+	if (act <= VA_ACT_DENY) {
+		stat_inc(VA_STAT_DENIALS);
+		return -EPERM;
+	}
+	return 0;
+}
+
+SEC("lsm/sb_mount")
+int BPF_PROG(varmor_sb_mount, const char *dev_name, const struct path *path, const char *type,
+	     unsigned long flags, void *data, int ret)
+{
+	struct who w = {};
+	int deny;
+	if (ret)
+		return ret;
+	if (!current_profile(&w, &deny))
+		return deny ? -EPERM : 0;
+	if (w.h->mode != VA_MODE_COMPLAIN && !w.h->mnt.walk_count)
+		return 0;
+	struct va_scratch *s = scratch();
+	if (!s)
+		return -EPERM;
+	__u32 f = (__u32)flags;
+	__u32 fs[VA_FSTYPE_LEN / 4] = {};
+	if (f & NON_NEW_MOUNT) {
+		fs[0] = 0x656e6f6e;
+	} else if (type) {
+		bpf_probe_read_kernel_str(fs, sizeof(fs), type);
+	}
+	long n = 0;
+	int err = 0;
+	if (dev_name) {
+		n = bpf_probe_read_kernel_str(s->path, VA_PATH_MAX, dev_name);
+		if (n <= 0 || n >= VA_PATH_MAX)
+			err = 1;
+		else
+			n -= 1;
+	}
+	return decide_mount(&w, s, err, 0, err ? 0 : n, 1, f, fs);
+}
+
+SEC("lsm/move_mount")
+int BPF_PROG(varmor_move_mount, const struct path *from_path, const struct path *to_path, int ret)
+{
+	struct who w = {};
+	int deny;
+	if (ret)
+		return ret;
+	if (!current_profile(&w, &deny))
+		return deny ? -EPERM : 0;
+	if (w.h->mode != VA_MODE_COMPLAIN && !w.h->mnt.walk_count)
+		return 0;
+	struct va_scratch *s = scratch();
+	if (!s)
+		return -EPERM;
+	__u32 len = 0;
+	int start = resolve_path(BPF_CORE_READ(from_path, mnt), BPF_CORE_READ(from_path, dentry),
+				 &len);
+	__u32 fs[VA_FSTYPE_LEN / 4] = {};
+	int err = start < 0;
+	return decide_mount(&w, s, err, err ? 0 : start, len, 0, MS_MOVE, fs);
+}
+
+SEC("lsm/sb_umount")
+int BPF_PROG(varmor_sb_umount, struct vfsmount *mnt, int flags, int ret)
+{
+	struct who w = {};
+	int deny;
+	if (ret)
+		return ret;
+	if (!current_profile(&w, &deny))
+		return deny ? -EPERM : 0;
+	if (w.h->mode != VA_MODE_COMPLAIN && !w.h->mnt.walk_count)
+		return 0;
+	struct va_scratch *s = scratch();
+	if (!s)
+		return -EPERM;
+	__u32 len = 0;
+	int start = resolve_path(mnt, BPF_CORE_READ(mnt, mnt_root), &len);
+	__u32 fs[VA_FSTYPE_LEN / 4] = {};
+	int err = start < 0;
+	return decide_mount(&w, s, err, err ? 0 : start, len, 0, VA_MOUNT_UMOUNT, fs);
+}

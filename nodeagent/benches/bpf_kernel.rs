@@ -1,0 +1,486 @@
+//! BPF-LSM cost benchmark (not a test): per-operation cost of open(), execve() and connect()
+//! loops in a process in its own mount namespace, under
+//! * no program (unconfined),
+//! * an empty LSM program on the same hooks (the floor),
+//! * the enforcer attached, the process not confined (every other process on a node),
+//! * the process confined by RuntimeDefault, by every built-in rule plus 1,024 raw file rules,
+//!   and by 1, 64 and 1,024 raw rules per type (files, programs, egress).
+//!
+//! All are measured side by side in one run, in rounds, and printed as ratios to the
+//! unconfined cost and as overhead relative to the floor's overhead. Under emulation (TCG)
+//! only ratios mean anything. Needs BPF-LSM: run it with `scripts/kernel-tests --bench` (or
+//! `make bench-kernel`); elsewhere it prints why it cannot run.
+
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aya::programs::Lsm;
+use aya::{Btf, EbpfLoader};
+use varmor_agent::containers::ContainerInfo;
+use varmor_agent::enforcer::bpf::kernel::PROBE_OBJECT;
+use varmor_agent::enforcer::bpf::{destroy_pins, probe, BpfEnforcer, BpfOptions};
+use varmor_agent::enforcer::{Enforcer, ResultStatus};
+use varmor_agent::HostFs;
+use varmor_policy::bundle::BpfProfile;
+use varmor_policy::catalog::{self, Category};
+use varmor_policy::proto::RevisedBundle;
+use varmor_policy::{compile, parse_documents, NodeFacts, PolicyIdentity, ProfileBundle};
+
+const PIN_ROOT: &str = "/sys/fs/bpf/varmor-bench";
+const SHORT: &str = "/bench/f.txt";
+/// A 200-byte path.
+fn long_path() -> String {
+    format!(
+        "/bench/{}/{}/{}/file.txt",
+        "a".repeat(60),
+        "b".repeat(60),
+        "c".repeat(50)
+    )
+}
+
+fn cs(s: &str) -> CString {
+    CString::new(s).expect("no NUL")
+}
+
+// ---- the measured process -------------------------------------------------------------------
+
+fn child_main() {
+    let root = std::env::var("VARMOR_BENCH_ROOT").expect("root");
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0);
+        let slash = cs("/");
+        libc::mount(
+            std::ptr::null(),
+            slash.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        );
+        let r = cs(&root);
+        assert_eq!(libc::chroot(r.as_ptr()), 0);
+        libc::chdir(slash.as_ptr());
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    let udp = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "@@ready {}", std::process::id()).expect("stdout");
+    out.flush().expect("flush");
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let w: Vec<&str> = line.split(' ').collect();
+        let n: u64 = w[1].parse().expect("n");
+        let start = Instant::now();
+        unsafe {
+            match w[0] {
+                "open" => {
+                    let p = cs(w[2]);
+                    for _ in 0..n {
+                        let fd = libc::open(p.as_ptr(), libc::O_RDONLY);
+                        assert!(fd >= 0, "open {}", w[2]);
+                        libc::close(fd);
+                    }
+                }
+                "exec" => {
+                    let p = cs("/bin/true");
+                    for _ in 0..n {
+                        let pid = libc::fork();
+                        if pid == 0 {
+                            let argv = [p.as_ptr(), std::ptr::null()];
+                            let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+                            libc::execve(p.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                            libc::_exit(127);
+                        }
+                        let mut st = 0;
+                        libc::waitpid(pid, &mut st, 0);
+                        assert!(
+                            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+                            "exec failed"
+                        );
+                    }
+                }
+                "connect" => {
+                    let sa = libc::sockaddr_in {
+                        sin_family: libc::AF_INET as u16,
+                        sin_port: 9u16.to_be(),
+                        sin_addr: libc::in_addr {
+                            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+                        },
+                        sin_zero: [0; 8],
+                    };
+                    for _ in 0..n {
+                        let r = libc::connect(udp, &sa as *const _ as *const libc::sockaddr, 16);
+                        assert_eq!(r, 0, "connect");
+                    }
+                }
+                other => panic!("unknown op {other}"),
+            }
+        }
+        writeln!(out, "@@{}", start.elapsed().as_nanos() / u128::from(n)).expect("stdout");
+        out.flush().expect("flush");
+    }
+}
+
+struct Measured {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    ns: u32,
+}
+
+impl Measured {
+    fn spawn(root: &Path) -> Measured {
+        let mut child = Command::new(std::env::current_exe().expect("exe"))
+            .env("VARMOR_BENCH_CHILD", "1")
+            .env("VARMOR_BENCH_ROOT", root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let ready = answer(&mut stdout);
+        let pid: u32 = ready.trim_start_matches("ready ").parse().expect("pid");
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+            .ok()
+            .and_then(|l| varmor_agent::enforcer::bpf::parse_ns_link(&l.to_string_lossy()))
+            .expect("ns");
+        Measured {
+            child,
+            stdin,
+            stdout,
+            ns,
+        }
+    }
+
+    fn run(&mut self, op: &str, n: u64, arg: &str) -> f64 {
+        writeln!(self.stdin, "{op} {n} {arg}").expect("write");
+        self.stdin.flush().expect("flush");
+        answer(&mut self.stdout).parse().expect("ns")
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn answer(r: &mut BufReader<ChildStdout>) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).expect("read") > 0,
+            "the measured process exited"
+        );
+        if let Some(a) = line.trim_end().strip_prefix("@@") {
+            return a.to_string();
+        }
+    }
+}
+
+// ---- profiles -------------------------------------------------------------------------------
+
+fn compile_yaml(yaml: &str) -> ProfileBundle {
+    let doc = parse_documents(yaml)
+        .into_iter()
+        .next()
+        .expect("doc")
+        .expect("valid");
+    compile(
+        &doc.spec(),
+        &PolicyIdentity::namespaced("bench", "bench"),
+        &NodeFacts {
+            disk_devices: Some(vec!["vda".into()]),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn yaml(mode: &str, enhance: &str) -> String {
+    let mut y = format!("apiVersion: crd.varmor.org/v1beta1\nkind: VarmorPolicy\nmetadata:\n  name: bench\n  namespace: bench\nspec:\n  target:\n    kind: Deployment\n    name: bench\n  policy:\n    enforcer: BPF\n    mode: {mode}\n");
+    if !enhance.is_empty() {
+        y.push_str("    enhanceProtect:\n");
+        y.push_str(enhance);
+    }
+    y
+}
+
+/// Every built-in rule plus 1,024 raw file rules (the policy of the compile benchmark).
+fn builtins_plus_1024() -> String {
+    let names = |c: Category| {
+        catalog::all()
+            .iter()
+            .filter(|r| r.category == c)
+            .map(|r| r.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut e = format!(
+        "      auditViolations: true\n      hardeningRules: [{}]\n      attackProtectionRules:\n      - rules: [{}]\n      vulMitigationRules: [{}]\n      bpfRawRules:\n        files:\n",
+        names(Category::Hardening),
+        names(Category::AttackProtection),
+        names(Category::VulMitigation)
+    );
+    for i in 0..400 {
+        e.push_str(&format!("        - pattern: /srv/app{i}/conf/secret.yaml\n          permissions: [read, write]\n"));
+    }
+    for i in 0..300 {
+        e.push_str(&format!(
+            "        - pattern: /data/tenant{i}/**\n          permissions: [read, write]\n"
+        ));
+    }
+    for i in 0..200 {
+        e.push_str(&format!(
+            "        - pattern: /var/lib/app{i}/*.key\n          permissions: [read, write]\n"
+        ));
+    }
+    for i in 0..124 {
+        e.push_str(&format!("        - pattern: /home/user{i}/.config/**/*.token\n          permissions: [read, write]\n"));
+    }
+    yaml("EnhanceProtect", &e)
+}
+
+/// `n` raw rules of each kind: files, programs and egress destinations (none match the loops).
+fn n_rules(n: usize) -> String {
+    let mut e = String::from("      privileged: true\n      bpfRawRules:\n        files:\n");
+    for i in 0..n {
+        e.push_str(&format!(
+            "        - pattern: /srv/app{i}/**/*.key\n          permissions: [read, write]\n"
+        ));
+    }
+    e.push_str("        processes:\n");
+    for i in 0..n {
+        e.push_str(&format!(
+            "        - pattern: /opt/tool{i}/*\n          permissions: [exec]\n"
+        ));
+    }
+    e.push_str("        network:\n          egress:\n            toDestinations:\n");
+    for i in 0..n {
+        e.push_str(&format!("            - ip: 10.{}.{}.1\n", i / 256, i % 256));
+    }
+    yaml("EnhanceProtect", &e)
+}
+
+// ---- configurations -------------------------------------------------------------------------
+
+/// Attaches the empty programs of the probe object; detached when dropped.
+struct EmptyPrograms {
+    _ebpf: aya::Ebpf,
+}
+
+fn attach_empty() -> EmptyPrograms {
+    let btf = Btf::from_sys_fs().expect("btf");
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .load(PROBE_OBJECT)
+        .expect("probe object");
+    for (name, hook) in [
+        ("varmor_empty_file_open", "file_open"),
+        ("varmor_empty_bprm_check_security", "bprm_check_security"),
+        ("varmor_empty_socket_connect", "socket_connect"),
+    ] {
+        let p: &mut Lsm = ebpf
+            .program_mut(name)
+            .expect("program")
+            .try_into()
+            .expect("lsm");
+        p.load(hook, &btf).expect("load");
+        p.attach().expect("attach");
+    }
+    EmptyPrograms { _ebpf: ebpf }
+}
+
+fn main() {
+    if std::env::var_os("VARMOR_BENCH_CHILD").is_some() {
+        child_main();
+        return;
+    }
+    if std::env::var_os("VARMOR_IN_VM").is_some() {
+        let host = HostFs::new("/");
+        if !probe::is_bpffs(&host, Path::new("/sys/fs/bpf")) {
+            let (s, d) = (cs("bpf"), cs("/sys/fs/bpf"));
+            unsafe { libc::mount(s.as_ptr(), d.as_ptr(), s.as_ptr(), 0, std::ptr::null()) };
+        }
+    }
+    let p = probe::probe(&HostFs::new("/"), Path::new(PIN_ROOT));
+    if !p.supported {
+        println!("bpf benchmark not run: {}", p.reason);
+        return;
+    }
+    let rounds: usize = std::env::var("VARMOR_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let scale: u64 = std::env::var("VARMOR_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+
+    // The measured process's root: the files it opens and /bin/true.
+    let root = PathBuf::from("/tmp/varmor-bench");
+    let _ = std::fs::create_dir_all(&root);
+    let (s, d) = (cs("tmpfs"), cs(root.to_str().expect("utf8")));
+    unsafe { libc::mount(s.as_ptr(), d.as_ptr(), s.as_ptr(), 0, std::ptr::null()) };
+    for p in [SHORT.to_string(), long_path()] {
+        let f = root.join(p.trim_start_matches('/'));
+        std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&f, b"x").expect("file");
+    }
+    std::fs::create_dir_all(root.join("bin")).expect("bin");
+    // A copy, not a link: the exec rules of the built-ins name busybox.
+    std::fs::copy("/bin/busybox", root.join("bin/true"))
+        .expect("busybox-static is needed at /bin/busybox");
+
+    let profiles: Vec<(&str, BpfProfile)> = vec![
+        (
+            "RuntimeDefault",
+            compile_yaml(&yaml("RuntimeDefault", "")).bpf.expect("bpf"),
+        ),
+        (
+            "builtins+1024",
+            compile_yaml(&builtins_plus_1024()).bpf.expect("bpf"),
+        ),
+        ("1 rule/type", compile_yaml(&n_rules(1)).bpf.expect("bpf")),
+        (
+            "64 rules/type",
+            compile_yaml(&n_rules(64)).bpf.expect("bpf"),
+        ),
+        (
+            "1024 rules/type",
+            compile_yaml(&n_rules(1024)).bpf.expect("bpf"),
+        ),
+    ];
+    let long = long_path();
+    let ops: Vec<(&str, &str, u64, String)> = vec![
+        ("open 12 B", "open", 20_000 * scale, SHORT.to_string()),
+        ("open 200 B", "open", 20_000 * scale, long.clone()),
+        ("execve", "exec", 200 * scale, String::new()),
+        ("connect", "connect", 20_000 * scale, String::new()),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("rt");
+    let mut m = Measured::spawn(&root);
+    // results[config][op] = samples (ns per op)
+    let mut results: BTreeMap<String, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    let mut record = |config: &str, m: &mut Measured| {
+        for (label, op, n, arg) in &ops {
+            let v = m.run(op, *n, arg);
+            results
+                .entry(config.to_string())
+                .or_default()
+                .entry(label)
+                .or_default()
+                .push(v);
+        }
+    };
+    let mut verified = Vec::new();
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        // Warm up caches once per round.
+        m.run("open", 1000, SHORT);
+        record("a unconfined", &mut m);
+        {
+            let _empty = attach_empty();
+            record("b empty LSM program", &mut m);
+        }
+        let _ = destroy_pins(Path::new(PIN_ROOT));
+        let e = BpfEnforcer::for_host(
+            &HostFs::new("/"),
+            BpfOptions {
+                pin_root: PIN_ROOT.into(),
+                event_thread: false,
+                grace: Duration::ZERO,
+            },
+        );
+        assert!(e.capability().available, "{}", e.capability().reason);
+        if verified.is_empty() {
+            verified = e
+                .programs()
+                .iter()
+                .map(|p| (p.name.clone(), p.verified_instructions))
+                .collect();
+        }
+        record("c enforcer, process not confined", &mut m);
+        let base = compile_yaml(&yaml("RuntimeDefault", ""));
+        for (i, (name, profile)) in profiles.iter().enumerate() {
+            let mut b = base.clone();
+            b.profile_name = format!("bench-{i}");
+            b.bpf = Some(profile.clone());
+            let o = rt.block_on(e.apply(&RevisedBundle {
+                bundle: b,
+                revision: 1,
+            }));
+            assert_eq!(o.status, ResultStatus::Applied, "{o:?}");
+            let info = ContainerInfo {
+                id: "bench".into(),
+                mnt_ns_id: m.ns,
+                ..Default::default()
+            };
+            let o = rt.block_on(e.bind(&info, &format!("bench-{i}")));
+            assert_eq!(o.status, ResultStatus::Applied, "{o:?}");
+            record(&format!("d{i} {name}"), &mut m);
+            let _ = e.read_events();
+        }
+        drop(e);
+        destroy_pins(Path::new(PIN_ROOT)).expect("detach");
+    }
+    drop(m);
+    let d = cs(root.to_str().expect("utf8"));
+    unsafe { libc::umount2(d.as_ptr(), libc::MNT_DETACH) };
+
+    let median = |v: &Vec<f64>| {
+        let mut s = v.clone();
+        s.sort_by(|a, b| a.partial_cmp(b).expect("number"));
+        s[s.len() / 2]
+    };
+    println!(
+        "\nBPF-LSM cost per operation, median of {rounds} rounds (TCG: only ratios mean anything)"
+    );
+    println!(
+        "verifier instructions: {}",
+        verified
+            .iter()
+            .map(|(n, v)| format!("{n}={}", v.map_or("?".into(), |x| x.to_string())))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let base = &results["a unconfined"];
+    let floor = &results["b empty LSM program"];
+    print!("{:<36}", "configuration");
+    for (label, ..) in &ops {
+        print!("{label:>24}");
+    }
+    println!();
+    for (config, by_op) in &results {
+        print!("{:<36}", &config[2..]);
+        for (label, ..) in &ops {
+            let t = median(&by_op[label]);
+            let b = median(&base[label]);
+            let f = median(&floor[label]);
+            let overhead = if f > b { (t - b) / (f - b) } else { f64::NAN };
+            print!(
+                "{:>24}",
+                format!("{:.0}ns {:.2}x ({:.1}xF)", t, t / b, overhead)
+            );
+        }
+        println!();
+    }
+    println!("\nNxF: overhead over unconfined as a multiple of the empty program's overhead (the floor).");
+    let one = &results["d2 1 rule/type"];
+    let many = &results["d4 1024 rules/type"];
+    for (label, ..) in &ops {
+        println!(
+            "{label}: 1,024 rules/type vs 1 rule/type: {:.2}x",
+            median(&many[label]) / median(&one[label])
+        );
+    }
+}

@@ -1,0 +1,572 @@
+//! From a bundle's [`BpfProfile`] to what the kernel reads: a fixed-size [`Header`] and a blob of
+//! 64-byte values (16 `u32` words). Pure: no kernel, unit-tested on any host.
+//!
+//! Blob sections (each starts on a value boundary; records never straddle two values):
+//!
+//! | section | words per entry | content |
+//! |---|---|---|
+//! | path transitions | 1 | `next[state * classes + class]` after renumbering (below) |
+//! | path accept | 1 | 0, or 1 + verdict row |
+//! | path verdict rows | 4 | permission masks per action: deny+audit, deny, audit, complain |
+//! | mount transitions, accept | 1 | as for paths |
+//! | mount rows | 2 | (offset into mount ids, count) of a match set |
+//! | mount ids | 1 | mount rule indexes of the match sets |
+//! | mount rules | 16 | flags, reverse flags, action, fstype-any, fstype (32 bytes) |
+//! | socket rules | 8 | domain, type, protocol masks (lo, hi words), action — strongest action first |
+//! | egress records | 16 | action, kind, first port, last port, address and mask words — strongest first |
+//!
+//! **Renumbering.** The compiler's automaton is walked as it is, except that its states are
+//! renumbered so the kernel can stop a walk early: states from which no useful verdict can be
+//! reached become the dead state 0, and the others are ordered exec-only, both, file-only, so
+//! "this walk can still matter for an exec (a file) access" is one range check. Walks stop
+//! when all are out of their range, which for a profile whose floating patterns are exec rules
+//! (`/**/sh`) means a file open stops at once instead of walking the whole path.
+//!
+//! **Rule order.** Socket and egress rules are sorted by action, strongest first (stable, so
+//! profile order is kept within an action): the first match decides, exactly as
+//! [`varmor_policy::decide`] picks the strongest matching action.
+
+use std::net::IpAddr;
+
+use varmor_policy::automaton::{Automaton, DEAD};
+use varmor_policy::bundle::{BpfMode, BpfProfile, EgressAddress, PathVerdict, RuleAction};
+use varmor_policy::names::perm;
+
+use super::layout::*;
+
+/// The tables of one profile version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedProfile {
+    /// The header (its `generation` is set when the slot is written).
+    pub header: Header,
+    /// The blob values.
+    pub blob: Vec<Value>,
+    /// A hash of header and blob, to recognise a profile already loaded.
+    pub content_hash: u64,
+}
+
+/// Why a profile cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// An automaton of the bundle is inconsistent.
+    #[error("the {automaton} automaton is malformed: {reason}")]
+    Automaton {
+        /// `path` or `mount`.
+        automaton: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The tables do not fit.
+    #[error("the profile needs {values} table values of 64 bytes; at most {max} fit")]
+    TooLarge {
+        /// Values needed.
+        values: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A mount rule's filesystem type is too long.
+    #[error("mount rule {index}: filesystem type {fstype:?} is longer than {max} bytes")]
+    FsType {
+        /// Rule index.
+        index: usize,
+        /// The type.
+        fstype: String,
+        /// The limit.
+        max: usize,
+    },
+    /// Too many rules of one kind.
+    #[error("{count} {what} exceed the limit of {max}")]
+    TooMany {
+        /// Which rules.
+        what: &'static str,
+        /// How many.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// The most socket rules, egress records or mount rules per profile.
+pub const MAX_RULES_PER_KIND: usize = 65_536;
+
+/// The action index the kernel uses (strongest first).
+pub fn action_index(a: RuleAction) -> u32 {
+    match a {
+        RuleAction::DenyAudit => VA_ACT_DENY_AUDIT,
+        RuleAction::Deny => VA_ACT_DENY,
+        RuleAction::Audit => VA_ACT_AUDIT,
+        RuleAction::Complain => VA_ACT_COMPLAIN,
+    }
+}
+
+/// The verdict row of a path match set, in action-index order.
+pub fn verdict_words(v: &PathVerdict) -> [u32; 4] {
+    [v.deny_audit, v.deny, v.audit, v.complain]
+}
+
+const FILE_BIT: u8 = 1;
+const EXEC_BIT: u8 = 2;
+
+/// Encodes a profile.
+pub fn encode(p: &BpfProfile) -> Result<EncodedProfile, EncodeError> {
+    let mut h = Header {
+        mode: match p.mode {
+            BpfMode::Enforce => VA_MODE_ENFORCE,
+            BpfMode::Complain => VA_MODE_COMPLAIN,
+        },
+        ..Default::default()
+    };
+    for r in &p.capabilities {
+        h.caps[action_index(r.action) as usize] |= r.capabilities;
+    }
+    for r in &p.ptrace {
+        let a = action_index(r.action) as usize;
+        if r.strict {
+            h.ptrace_any[a] |= r.permissions;
+        } else {
+            h.ptrace_ext[a] |= r.permissions;
+        }
+    }
+    let mut blob = Blob::default();
+
+    // Paths.
+    check_automaton(&p.path_automaton, "path", p.files.len())?;
+    if p.path_verdicts.len() != p.path_automaton.match_sets.len() {
+        return Err(EncodeError::Automaton {
+            automaton: "path",
+            reason: format!(
+                "{} verdict rows for {} match sets",
+                p.path_verdicts.len(),
+                p.path_automaton.match_sets.len()
+            ),
+        });
+    }
+    let path_bits = |row: usize| {
+        let v = verdict_words(&p.path_verdicts[row]);
+        let all = v.iter().fold(0, |a, b| a | b);
+        let mut bits = 0;
+        if all & perm::EXEC != 0 {
+            bits |= EXEC_BIT;
+        }
+        if all & !perm::EXEC != 0 {
+            bits |= FILE_BIT;
+        }
+        bits
+    };
+    let rows: Vec<u32> = p.path_verdicts.iter().flat_map(verdict_words).collect();
+    h.path = encode_automaton(&p.path_automaton, path_bits, &rows, &mut blob);
+
+    // Mounts.
+    check_automaton(&p.mount_automaton, "mount", p.mounts.len())?;
+    if p.mounts.len() > MAX_RULES_PER_KIND {
+        return Err(EncodeError::TooMany {
+            what: "mount rules",
+            count: p.mounts.len(),
+            max: MAX_RULES_PER_KIND,
+        });
+    }
+    let mut ids: Vec<u32> = Vec::new();
+    let mut mount_rows: Vec<u32> = Vec::new();
+    for set in &p.mount_automaton.match_sets {
+        mount_rows.push(ids.len() as u32);
+        mount_rows.push(set.len() as u32);
+        ids.extend_from_slice(set);
+    }
+    h.mnt = encode_automaton(
+        &p.mount_automaton,
+        |_| FILE_BIT | EXEC_BIT,
+        &mount_rows,
+        &mut blob,
+    );
+    h.mount_ids_off = blob.section(&ids, 1);
+    h.mount_ids_count = ids.len() as u32;
+    let mut rules = Vec::with_capacity(p.mounts.len() * 16);
+    for (i, r) in p.mounts.iter().enumerate() {
+        let mut rec = [0u32; 16];
+        rec[0] = r.flags;
+        rec[1] = r.reverse_flags;
+        rec[2] = action_index(r.action);
+        if r.fstype == "*" {
+            rec[3] = 1;
+        } else {
+            let max = VA_FSTYPE_LEN as usize - 1;
+            if r.fstype.len() > max {
+                return Err(EncodeError::FsType {
+                    index: i,
+                    fstype: r.fstype.clone(),
+                    max,
+                });
+            }
+            let mut bytes = [0u8; 32];
+            bytes[..r.fstype.len()].copy_from_slice(r.fstype.as_bytes());
+            for k in 0..8 {
+                rec[4 + k] = u32::from_le_bytes(bytes[4 * k..4 * k + 4].try_into().expect("4"));
+            }
+        }
+        rules.extend_from_slice(&rec);
+    }
+    h.mount_rules_off = blob.section(&rules, 16);
+    h.mount_rule_count = p.mounts.len() as u32;
+
+    // Sockets, strongest action first.
+    let mut sockets: Vec<&varmor_policy::bundle::SocketRule> = p.sockets.iter().collect();
+    sockets.sort_by_key(|r| action_index(r.action));
+    if sockets.len() > MAX_RULES_PER_KIND {
+        return Err(EncodeError::TooMany {
+            what: "socket rules",
+            count: sockets.len(),
+            max: MAX_RULES_PER_KIND,
+        });
+    }
+    let mut words = Vec::with_capacity(sockets.len() * 8);
+    for r in sockets {
+        words.extend_from_slice(&[
+            r.domains as u32,
+            (r.domains >> 32) as u32,
+            r.types as u32,
+            (r.types >> 32) as u32,
+            r.protocols as u32,
+            (r.protocols >> 32) as u32,
+            action_index(r.action),
+            0,
+        ]);
+    }
+    h.socket_count = (words.len() / 8) as u32;
+    h.socket_off = blob.section(&words, 8);
+
+    // Egress, strongest action first.
+    let mut records: Vec<(u32, [u32; 16])> = Vec::new();
+    for r in &p.egress {
+        let a = action_index(r.action);
+        let ports: Vec<(u32, u32)> = if r.ports.is_empty() {
+            vec![(0, 65535)]
+        } else {
+            r.ports
+                .iter()
+                .map(|pr| (u32::from(pr.first), u32::from(pr.last)))
+                .collect()
+        };
+        for target in egress_targets(&r.address) {
+            for &(lo, hi) in &ports {
+                let mut rec = [0u32; 16];
+                rec[0] = a;
+                rec[1] = target.kind;
+                rec[2] = lo;
+                rec[3] = hi;
+                rec[4..8].copy_from_slice(&target.addr);
+                rec[8..12].copy_from_slice(&target.mask);
+                records.push((a, rec));
+            }
+        }
+    }
+    records.sort_by_key(|(a, _)| *a);
+    if records.len() > MAX_RULES_PER_KIND {
+        return Err(EncodeError::TooMany {
+            what: "egress records (addresses times port ranges)",
+            count: records.len(),
+            max: MAX_RULES_PER_KIND,
+        });
+    }
+    let words: Vec<u32> = records
+        .iter()
+        .flat_map(|(_, r)| r.iter().copied())
+        .collect();
+    h.egress_count = records.len() as u32;
+    h.egress_off = blob.section(&words, 16);
+
+    let values = blob.finish();
+    if values.len() > VA_MAX_BLOB_VALUES as usize {
+        return Err(EncodeError::TooLarge {
+            values: values.len(),
+            max: VA_MAX_BLOB_VALUES as usize,
+        });
+    }
+    h.blob_values = values.len() as u32;
+    let content_hash = hash(&h, &values);
+    Ok(EncodedProfile {
+        header: h,
+        blob: values,
+        content_hash,
+    })
+}
+
+/// One egress destination as the kernel compares it.
+struct EgressTarget {
+    kind: u32,
+    addr: [u32; 4],
+    mask: [u32; 4],
+}
+
+fn prefix_mask(prefix: u8, words: usize) -> [u32; 4] {
+    let mut m = [0u32; 4];
+    let mut left = u32::from(prefix);
+    for w in m.iter_mut().take(words) {
+        let bits = left.min(32);
+        *w = if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
+        left -= bits;
+    }
+    m
+}
+
+fn v4(addr: u32, prefix: u8) -> EgressTarget {
+    let mask = prefix_mask(prefix, 1);
+    EgressTarget {
+        kind: VA_EGRESS_V4,
+        addr: [addr & mask[0], 0, 0, 0],
+        mask,
+    }
+}
+
+fn v6(words: [u32; 4], prefix: u8) -> EgressTarget {
+    let mask = prefix_mask(prefix, 4);
+    let mut addr = [0u32; 4];
+    for k in 0..4 {
+        addr[k] = words[k] & mask[k];
+    }
+    EgressTarget {
+        kind: VA_EGRESS_V6,
+        addr,
+        mask,
+    }
+}
+
+fn egress_targets(a: &EgressAddress) -> Vec<EgressTarget> {
+    let none = || EgressTarget {
+        kind: 0,
+        addr: [0; 4],
+        mask: [0; 4],
+    };
+    match a {
+        EgressAddress::Any => vec![EgressTarget {
+            kind: VA_EGRESS_ANY,
+            ..none()
+        }],
+        EgressAddress::PodSelf => vec![EgressTarget {
+            kind: VA_EGRESS_POD_SELF,
+            ..none()
+        }],
+        EgressAddress::Unspecified => vec![v4(0, 32), v6([0; 4], 128)],
+        EgressAddress::Ip(ip) => match varmor_policy::decide::canonical_ip(*ip) {
+            IpAddr::V4(a) => vec![v4(u32::from(a), 32)],
+            IpAddr::V6(a) => vec![v6(ipv6_words(a), 128)],
+        },
+        EgressAddress::Cidr(net) => match net {
+            ipnet::IpNet::V4(n) => vec![v4(u32::from(n.network()), n.prefix_len())],
+            ipnet::IpNet::V6(n) => vec![v6(ipv6_words(n.network()), n.prefix_len())],
+        },
+    }
+}
+
+#[derive(Default)]
+struct Blob {
+    words: Vec<u32>,
+}
+
+impl Blob {
+    /// Appends a section on a value boundary; returns its word offset.
+    fn section(&mut self, data: &[u32], _record_words: usize) -> u32 {
+        let pad = (WORDS - self.words.len() % WORDS) % WORDS;
+        self.words.extend(std::iter::repeat_n(0, pad));
+        let off = self.words.len() as u32;
+        self.words.extend_from_slice(data);
+        off
+    }
+
+    fn finish(mut self) -> Vec<Value> {
+        let pad = (WORDS - self.words.len() % WORDS) % WORDS;
+        self.words.extend(std::iter::repeat_n(0, pad));
+        if self.words.is_empty() {
+            self.words.resize(WORDS, 0);
+        }
+        self.words
+            .chunks(WORDS)
+            .map(|c| c.try_into().expect("16 words"))
+            .collect()
+    }
+}
+
+fn check_automaton(a: &Automaton, name: &'static str, patterns: usize) -> Result<(), EncodeError> {
+    let bad = |reason: String| {
+        Err(EncodeError::Automaton {
+            automaton: name,
+            reason,
+        })
+    };
+    let states = a.state_count as usize;
+    let classes = a.class_count as usize;
+    if a.byte_classes.len() != 256 {
+        return bad(format!(
+            "{} byte classes instead of 256",
+            a.byte_classes.len()
+        ));
+    }
+    if classes == 0 || classes > 256 || a.byte_classes.iter().any(|&c| c as usize >= classes) {
+        return bad(format!("byte classes out of range 0..{classes}"));
+    }
+    if states == 0 || a.transitions.len() != states * classes || a.accept.len() != states {
+        return bad(format!(
+            "{} transitions and {} accept entries for {states} states of {classes} classes",
+            a.transitions.len(),
+            a.accept.len()
+        ));
+    }
+    if a.transitions.iter().any(|&t| t as usize >= states) {
+        return bad("a transition leads outside the states".into());
+    }
+    if a.transitions[..classes].iter().any(|&t| t != DEAD) || a.accept[0] != 0 {
+        return bad("state 0 is not the dead state".into());
+    }
+    if a.accept.iter().any(|&r| r as usize > a.match_sets.len()) {
+        return bad("an accept row names no match set".into());
+    }
+    if a.starts.len() > VA_MAX_WALKS as usize || a.starts.iter().any(|&s| s as usize >= states) {
+        return bad(format!(
+            "{} walks (at most {VA_MAX_WALKS}) or a start outside the states",
+            a.starts.len()
+        ));
+    }
+    if a.match_sets
+        .iter()
+        .flatten()
+        .any(|&id| id as usize >= patterns)
+    {
+        return bad(format!(
+            "a match set names a pattern beyond the {patterns} rules"
+        ));
+    }
+    Ok(())
+}
+
+/// Renumbers the automaton (see the module docs), appends its tables and rows to the blob and
+/// returns its header. `row_bits(row)` tells which walk kinds a match set's verdict matters for.
+fn encode_automaton(
+    a: &Automaton,
+    row_bits: impl Fn(usize) -> u8,
+    rows: &[u32],
+    blob: &mut Blob,
+) -> AutomatonHeader {
+    let states = a.state_count as usize;
+    let classes = a.class_count as usize;
+    // What each state can still lead to.
+    let own: Vec<u8> = a
+        .accept
+        .iter()
+        .map(|&r| if r == 0 { 0 } else { row_bits(r as usize - 1) })
+        .collect();
+    let reach = reachable_bits(a, &own);
+    // New numbering: dead and useless -> 0; then exec-only, both, file-only.
+    let mut map = vec![0u32; states];
+    let mut order: Vec<usize> = vec![0];
+    for group in [EXEC_BIT, EXEC_BIT | FILE_BIT, FILE_BIT] {
+        for s in 1..states {
+            if reach[s] == group {
+                map[s] = order.len() as u32;
+                order.push(s);
+            }
+        }
+    }
+    let exec_only = (1..states).filter(|&s| reach[s] == EXEC_BIT).count() as u32;
+    let both = (1..states)
+        .filter(|&s| reach[s] == EXEC_BIT | FILE_BIT)
+        .count() as u32;
+    let n = order.len() as u32;
+    let first_both = 1 + exec_only;
+    let first_file = first_both + both;
+    let mut transitions = vec![0u32; order.len() * classes];
+    let mut accept = vec![0u32; order.len()];
+    for (new, &old) in order.iter().enumerate().skip(1) {
+        for c in 0..classes {
+            transitions[new * classes + c] = map[a.transitions[old * classes + c] as usize];
+        }
+        accept[new] = a.accept[old];
+    }
+    let mut h = AutomatonHeader {
+        class_count: classes as u32,
+        state_count: n,
+        row_count: a.match_sets.len() as u32,
+        live: [(first_both, n), (1, first_file), (1, n)],
+        ..Default::default()
+    };
+    h.classes.copy_from_slice(&a.byte_classes);
+    let live_starts: Vec<u32> = a.starts.iter().map(|&s| map[s as usize]).collect();
+    // A walk that starts dead can never matter: leave it out.
+    let mut k = 0;
+    for s in live_starts.into_iter().filter(|&s| s != 0) {
+        h.starts[k] = s;
+        k += 1;
+    }
+    h.walk_count = k as u32;
+    if n <= 1 {
+        h.walk_count = 0;
+    }
+    h.trans_off = blob.section(&transitions, 1);
+    h.accept_off = blob.section(&accept, 1);
+    h.rows_off = blob.section(rows, 4);
+    h
+}
+
+/// For every state, the kinds of verdict reachable from it (itself included).
+fn reachable_bits(a: &Automaton, own: &[u8]) -> Vec<u8> {
+    let states = a.state_count as usize;
+    let classes = a.class_count as usize;
+    // Reverse edges in CSR form.
+    let mut count = vec![0u32; states + 1];
+    for s in 0..states {
+        for c in 0..classes {
+            count[a.transitions[s * classes + c] as usize + 1] += 1;
+        }
+    }
+    for i in 0..states {
+        count[i + 1] += count[i];
+    }
+    let mut fill = count.clone();
+    let mut preds = vec![0u32; states * classes];
+    for s in 0..states {
+        for c in 0..classes {
+            let t = a.transitions[s * classes + c] as usize;
+            preds[fill[t] as usize] = s as u32;
+            fill[t] += 1;
+        }
+    }
+    let mut reach = own.to_vec();
+    for bit in [FILE_BIT, EXEC_BIT] {
+        let mut stack: Vec<usize> = (0..states).filter(|&s| own[s] & bit != 0).collect();
+        while let Some(t) = stack.pop() {
+            for &p in &preds[count[t] as usize..count[t + 1] as usize] {
+                let p = p as usize;
+                if reach[p] & bit == 0 {
+                    reach[p] |= bit;
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    reach[0] = 0;
+    reach
+}
+
+/// FNV-1a over the header and the blob.
+fn hash(h: &Header, blob: &[Value]) -> u64 {
+    let mut x: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        x ^= u64::from(b);
+        x = x.wrapping_mul(0x0100_0000_01b3);
+    };
+    let mut hb = h.clone();
+    hb.generation = 0;
+    for b in hb.to_bytes() {
+        eat(b);
+    }
+    for v in blob {
+        for w in v {
+            for b in w.to_le_bytes() {
+                eat(b);
+            }
+        }
+    }
+    x
+}

@@ -1,0 +1,235 @@
+//! The BPF enforcer's tables, checked on the host: every profile of the corpus is encoded as the
+//! kernel reads it, and a model of the programs' decision over those tables gives exactly the
+//! reference verdict ([`varmor_policy::decide::decide`]) for every generated access. The same
+//! corpus runs against the real programs in the kernel tests (`bpf_kernel.rs`).
+
+mod bpf_support;
+
+use proptest::prelude::*;
+use varmor_agent::enforcer::bpf::encode::{encode, EncodeError};
+use varmor_agent::enforcer::bpf::layout::{ContainerEntry, VA_MAX_BLOB_VALUES};
+use varmor_agent::enforcer::bpf::model::Model;
+use varmor_policy::bundle::{BpfProfile, RuleAction};
+use varmor_policy::decide::{decide, Access};
+
+use bpf_support::*;
+
+fn check(case: &Case, accesses: &[Access]) -> usize {
+    let enc = encode(&case.profile).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let model = Model::new(&enc);
+    let container = ContainerEntry::new(1, &case.pod_ips);
+    let mut mismatches = Vec::new();
+    for a in accesses {
+        let want = decide(&case.profile, a);
+        let got = model.decide(a, &container);
+        if got != (want.decision, want.event) {
+            mismatches.push(format!(
+                "{a:?}: tables {got:?}, reference {:?} {:?}",
+                want.decision, want.event
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{}: {} of {} accesses differ:\n{}",
+        case.name,
+        mismatches.len(),
+        accesses.len(),
+        mismatches[..mismatches.len().min(20)].join("\n")
+    );
+    accesses.len()
+}
+
+#[test]
+fn corpus_tables_give_the_reference_verdicts() {
+    let mut total = 0;
+    for case in corpus() {
+        let accesses = all_accesses(&case);
+        total += check(&case, &accesses);
+    }
+    assert!(total > 50_000, "only {total} accesses compared");
+}
+
+#[test]
+fn a_thousand_rules_of_each_kind_fit() {
+    let mut rules = String::from("      privileged: true\n      bpfRawRules:\n        files:\n");
+    for i in 0..1024 {
+        rules.push_str(&format!(
+            "        - pattern: /srv/app{i}/**/*.key\n          permissions: [read]\n"
+        ));
+    }
+    rules.push_str("        processes:\n");
+    for i in 0..1024 {
+        rules.push_str(&format!(
+            "        - pattern: /opt/bin{i}/*\n          permissions: [exec]\n"
+        ));
+    }
+    rules.push_str("        network:\n          sockets:\n");
+    for i in 0..1024 {
+        rules.push_str(&format!(
+            "          - protocols: [tcp]\n            domains: [{}]\n",
+            ["inet", "inet6", "unix", "netlink"][i % 4]
+        ));
+    }
+    rules.push_str("          egress:\n            toDestinations:\n");
+    for i in 0..1024 {
+        rules.push_str(&format!("            - ip: 10.{}.{}.1\n", i / 256, i % 256));
+    }
+    rules.push_str("        mounts:\n");
+    for i in 0..1024 {
+        rules.push_str(&format!(
+            "        - sourcePattern: /mnt/m{i}/**\n          fstype: \"*\"\n          flags: [bind]\n"
+        ));
+    }
+    let profile = profile_of(&policy_yaml("EnhanceProtect", &rules));
+    assert!(profile.files.len() >= 2048 && profile.egress.len() >= 1024);
+    let enc = encode(&profile).expect("encode");
+    assert!(enc.blob.len() < VA_MAX_BLOB_VALUES as usize);
+    let case = Case {
+        name: "1024-rules".into(),
+        profile,
+        pod_ips: vec![],
+    };
+    let mut accesses = Vec::new();
+    for i in [0, 1, 511, 1023, 1024] {
+        for path in [
+            format!("/srv/app{i}/x/y.key"),
+            format!("/srv/app{i}/y.key"),
+            format!("/srv/app{i}/y.pem"),
+        ] {
+            accesses.push(Access::File {
+                path,
+                permissions: 4,
+            });
+        }
+        accesses.push(Access::Exec {
+            path: format!("/opt/bin{i}/tool"),
+        });
+        accesses.push(Access::Connect {
+            address: format!("10.{}.{}.1", i / 256 % 256, i % 256)
+                .parse()
+                .expect("ip"),
+            port: 80,
+            pod_addresses: vec![],
+        });
+        accesses.push(Access::Mount {
+            source: format!("/mnt/m{i}/a"),
+            fstype: String::new(),
+            flags: 4096,
+        });
+    }
+    check(&case, &accesses);
+}
+
+#[test]
+fn an_unchanged_profile_encodes_identically_and_a_change_does_not() {
+    let a = profile_of(&policy_yaml("RuntimeDefault", ""));
+    let mut b = a.clone();
+    assert_eq!(
+        encode(&a).expect("a").content_hash,
+        encode(&b).expect("b").content_hash
+    );
+    b.files[0].action = RuleAction::DenyAudit;
+    b.path_verdicts = varmor_policy::compile::bpf::path_verdicts(&b.files, &b.path_automaton);
+    assert_ne!(
+        encode(&a).expect("a").content_hash,
+        encode(&b).expect("b").content_hash
+    );
+}
+
+#[test]
+fn malformed_tables_are_rejected_with_the_reason() {
+    let mut p: BpfProfile = profile_of(&policy_yaml("RuntimeDefault", ""));
+    p.path_automaton.transitions[5] = p.path_automaton.state_count + 3;
+    let e = encode(&p).expect_err("malformed");
+    assert!(
+        matches!(
+            e,
+            EncodeError::Automaton {
+                automaton: "path",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut p: BpfProfile = profile_of(&policy_yaml("RuntimeDefault", ""));
+    p.mounts[0].fstype = "x".repeat(40);
+    let e = encode(&p).expect_err("fstype");
+    assert!(e.to_string().contains("longer than 31 bytes"), "{e}");
+}
+
+#[test]
+fn exec_only_floating_rules_do_not_make_file_walks_long() {
+    // RuntimeDefault plus exec rules that match anywhere (`/**/sh`): a file open must be
+    // decided without walking the path, which the live ranges of the header say.
+    let p = profile_of(&policy_yaml(
+        "EnhanceProtect",
+        "      attackProtectionRules:\n      - rules: [disable-shell, disable-busybox]\n",
+    ));
+    let enc = encode(&p).expect("encode");
+    let h = &enc.header.path;
+    let (file_lo, file_hi) = h.live[0];
+    let (exec_lo, exec_hi) = h.live[1];
+    assert!(exec_hi > exec_lo, "exec rules are live for exec walks");
+    let floating_start_is_exec_only = h.starts[..h.walk_count as usize]
+        .iter()
+        .any(|&s| s >= exec_lo && s < exec_hi && !(s >= file_lo && s < file_hi));
+    assert!(floating_start_is_exec_only, "{h:?}");
+}
+
+fn pattern() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        4 => "[abc]{1,3}",
+        2 => Just("*".to_string()),
+        2 => Just("**".to_string()),
+        1 => Just("?".to_string()),
+        1 => Just("[a-b]".to_string()),
+        1 => Just("{a,bc}".to_string()),
+    ];
+    let component = prop::collection::vec(piece, 1..3).prop_map(|v| v.concat());
+    prop_oneof![
+        4 => prop::collection::vec(component.clone(), 1..4).prop_map(|v| format!("/{}", v.join("/"))),
+        1 => component,
+    ]
+    .prop_filter("few globs", |p| p.matches('*').count() <= 3)
+}
+
+fn path() -> impl Strategy<Value = String> {
+    prop::collection::vec("[abc]{1,3}", 1..5).prop_map(|v| format!("/{}", v.join("/")))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random rule sets with random actions: the encoded tables decide like the reference.
+    #[test]
+    fn random_profiles_agree(rules in prop::collection::vec((pattern(), 1u32..16), 1..8), actions in prop::collection::vec(0usize..4, 8), paths in prop::collection::vec(path(), 1..12), requested in 1u32..16) {
+        let mut body = String::from("      privileged: true\n      bpfRawRules:\n        files:\n");
+        for (p, perms) in &rules {
+            let names: Vec<&str> = [(1, "exec"), (2, "write"), (4, "read"), (8, "append")].iter().filter(|(b, _)| perms & b != 0).map(|(_, n)| *n).collect();
+            body.push_str(&format!("        - pattern: {p:?}\n          permissions: [{}]\n", names.join(", ")));
+        }
+        body.push_str("        mounts:\n");
+        for (p, _) in &rules {
+            body.push_str(&format!("        - sourcePattern: {p:?}\n          fstype: \"*\"\n          flags: [bind, umount]\n"));
+        }
+        let mut profile = profile_of(&policy_yaml("EnhanceProtect", &body));
+        let all = [RuleAction::Deny, RuleAction::DenyAudit, RuleAction::Audit, RuleAction::Complain];
+        for (i, r) in profile.files.iter_mut().enumerate() {
+            r.action = all[actions[i % actions.len()]];
+        }
+        for (i, r) in profile.mounts.iter_mut().enumerate() {
+            r.action = all[actions[(i + 3) % actions.len()]];
+        }
+        profile.path_verdicts = varmor_policy::compile::bpf::path_verdicts(&profile.files, &profile.path_automaton);
+        let case = Case { name: "random".into(), profile, pod_ips: vec![] };
+        let mut accesses = Vec::new();
+        for p in &paths {
+            accesses.push(Access::File { path: p.clone(), permissions: requested });
+            accesses.push(Access::Exec { path: p.clone() });
+            accesses.push(Access::Mount { source: p.clone(), fstype: "tmpfs".into(), flags: 4096 });
+            accesses.push(Access::Umount { path: p.clone() });
+        }
+        check(&case, &accesses);
+    }
+}
