@@ -16,6 +16,10 @@
 //!   container whose profile has any (`seccomp flags are not yet supported by runc`). When the
 //!   host's runc is known to be older, the flags are left out of the file and the outcome says
 //!   so: violations are still blocked, only their logging is lost.
+//! * **Unknown syscalls.** runc skips, without an error, every syscall name its libseccomp
+//!   cannot resolve (a name newer than the library, or a typo in `syscallRawRules`), so such an
+//!   entry filters nothing. The names are checked against the agent's libseccomp (the host's
+//!   library, which Debian's runc links too) and the outcome names the ones it does not know.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -46,6 +50,8 @@ pub struct SeccompEnforcer {
     dir: PathBuf,
     /// Why the container runtime refuses profiles that have `flags`, when it is known to.
     flags_rejected: Option<String>,
+    /// Whether the runtime's seccomp library resolves a syscall name.
+    known_syscall: fn(&str) -> bool,
 }
 
 impl SeccompEnforcer {
@@ -69,7 +75,15 @@ impl SeccompEnforcer {
             probe,
             dir,
             flags_rejected: None,
+            known_syscall: libseccomp_knows,
         }
+    }
+
+    /// Uses `known` instead of the host's libseccomp to decide which syscall names the runtime
+    /// can filter.
+    pub fn with_syscall_resolver(mut self, known: fn(&str) -> bool) -> Self {
+        self.known_syscall = known;
+        self
     }
 
     /// Declares that the container runtime refuses profiles with `flags`, for `reason`: they
@@ -165,8 +179,9 @@ impl SeccompEnforcer {
         }
     }
 
-    /// The file content for a bundle's profile, and a note when it had to be changed for the
-    /// runtime; an error says what is wrong with the profile.
+    /// The file content for a bundle's profile, and a note on what the runtime will not
+    /// enforce as written (flags left out, unknown syscalls); an error says what is wrong with
+    /// the profile.
     fn content(&self, json: &str) -> Result<(String, Option<String>), String> {
         let mut value: serde_json::Value =
             serde_json::from_str(json).map_err(|e| format!("is not valid JSON ({e})"))?;
@@ -176,26 +191,60 @@ impl SeccompEnforcer {
         if !object.get("defaultAction").is_some_and(|a| a.is_string()) {
             return Err("has no defaultAction (a string such as SCMP_ACT_ALLOW)".to_string());
         }
-        let Some(reason) = &self.flags_rejected else {
-            return Ok((json.to_string(), None));
+        let mut notes = Vec::new();
+        let unknown = self.unknown_syscalls(object);
+        if !unknown.is_empty() {
+            notes.push(format!(
+                "this host's libseccomp does not know the syscall(s) {}: the container runtime \
+                 skips them, so they are not filtered",
+                unknown.join(", ")
+            ));
+        }
+        let flags = match (&self.flags_rejected, object.get("flags")) {
+            (Some(reason), Some(serde_json::Value::Array(f))) if !f.is_empty() => {
+                let flags = f
+                    .iter()
+                    .map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Some((flags, reason))
+            }
+            _ => None,
         };
-        let flags = match object.get("flags") {
-            Some(serde_json::Value::Array(f)) if !f.is_empty() => f
-                .iter()
-                .map(|f| f.as_str().map_or_else(|| f.to_string(), str::to_string))
-                .collect::<Vec<_>>()
-                .join(", "),
-            _ => return Ok((json.to_string(), None)),
+        let content = match flags {
+            None => json.to_string(),
+            Some((flags, reason)) => {
+                notes.push(format!(
+                    "left out the profile's flags ({flags}) because {reason}: violations are \
+                     still blocked but not logged"
+                ));
+                object.remove("flags");
+                serde_json::to_string(&value).expect("a serde_json::Value always serializes")
+            }
         };
-        object.remove("flags");
-        let content = serde_json::to_string(&value).expect("a serde_json::Value always serializes");
-        Ok((
-            content,
-            Some(format!(
-                "left out the profile's flags ({flags}) because {reason}: violations are still \
-                 blocked but not logged"
-            )),
-        ))
+        Ok((content, (!notes.is_empty()).then(|| notes.join("; "))))
+    }
+
+    /// The syscall names of a profile's entries that the runtime's libseccomp cannot resolve,
+    /// sorted, each once.
+    fn unknown_syscalls(
+        &self,
+        profile: &serde_json::Map<String, serde_json::Value>,
+    ) -> Vec<String> {
+        let mut unknown: Vec<String> = profile
+            .get("syscalls")
+            .and_then(|s| s.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry.get("names")?.as_array())
+            .flatten()
+            .filter_map(|name| name.as_str())
+            .filter(|name| !(self.known_syscall)(name))
+            .map(str::to_string)
+            .collect();
+        unknown.sort();
+        unknown.dedup();
+        unknown
     }
 
     fn use_runtime_default(&self, profile: &str) -> Outcome {
@@ -215,6 +264,12 @@ impl SeccompEnforcer {
             Err(e) => Outcome::failed(format!("cannot remove {}: {e}", file.display())),
         }
     }
+}
+
+/// Whether the libseccomp this agent links (the host's) resolves `name` on the native
+/// architecture.
+fn libseccomp_knows(name: &str) -> bool {
+    libseccomp::ScmpSyscall::from_name(name).is_ok()
 }
 
 fn read_if_exists(path: &Path) -> io::Result<Option<Vec<u8>>> {
@@ -497,6 +552,37 @@ mod tests {
         let o = strips.apply(&bundle(3, localhost(ALLOW))).await;
         assert_eq!(o.status, ResultStatus::NeedsRestart, "{o:?}");
         assert!(!o.message.contains("flags"), "no flags, no note: {o:?}");
+    }
+
+    #[tokio::test]
+    async fn syscalls_the_runtime_cannot_filter_are_named_in_the_outcome() {
+        const PROFILE: &str = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["fchmodat2","chmod"],"action":"SCMP_ACT_ERRNO"},{"names":["fchmodat2","mkdirr"],"action":"SCMP_ACT_ERRNO"}]}"#;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = SeccompEnforcer::with_probe(supported(), dir.path().to_path_buf())
+            .with_syscall_resolver(|name| name == "chmod");
+        let o = e.apply(&bundle(1, localhost(PROFILE))).await;
+        assert_eq!(o.status, ResultStatus::Applied, "{o:?}");
+        assert!(
+            o.message
+                .contains("does not know the syscall(s) fchmodat2, mkdirr: the container"),
+            "each unknown name once, sorted: {o:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(e.file_of("varmor-demo-web")).expect("file"),
+            PROFILE,
+            "the profile is written as it is"
+        );
+
+        let all_known = SeccompEnforcer::with_probe(supported(), dir.path().join("b"));
+        let o = all_known.apply(&bundle(1, localhost(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["splice"],"action":"SCMP_ACT_ERRNO"}]}"#))).await;
+        assert!(!o.message.contains("does not know"), "{o:?}");
+    }
+
+    #[test]
+    fn the_hosts_libseccomp_resolves_syscall_names() {
+        assert!(libseccomp_knows("splice"));
+        assert!(libseccomp_knows("unshare"));
+        assert!(!libseccomp_knows("varmor_no_such_syscall"));
     }
 
     #[test]
