@@ -119,6 +119,10 @@ pub struct SeccompEntry {
     pub names: &'static [&'static str],
     /// Argument conditions `(index, value, value_two, op)`.
     pub args: &'static [(u32, u64, u64, &'static str)],
+    /// `Some(errno)`: the entry always answers `SCMP_ACT_ERRNO` with this errno, whatever the
+    /// violation settings. It is not a violation but a way to make the C library use a call
+    /// seccomp can filter (`clone3` answered `ENOSYS` makes glibc fall back to `clone`).
+    pub errno: Option<u32>,
 }
 
 /// A built-in rule and its content on each enforcer.
@@ -429,6 +433,8 @@ macro_rules! socket_rule {
 
 // Seccomp constants.
 const CLONE_NEWUSER: u64 = 0x1000_0000;
+/// The errno that tells the C library a syscall does not exist.
+const ENOSYS: u32 = 38;
 const BPF_PROG_LOAD: u64 = 5;
 const SOL_SOCKET: u64 = 1;
 const SO_ATTACH_FILTER: u64 = 26;
@@ -707,20 +713,25 @@ static CATALOG: [BuiltinRule; 98] = [
         name: "disallow-create-user-ns",
         aliases: &[],
         category: Category::Hardening,
-        summary: "deny creating user namespaces with unshare(2) and clone(2)",
+        summary: "deny creating user namespaces with unshare(2) and clone(2); clone3(2) gets ENOSYS",
         apparmor: &[],
         bpf: &[],
-        // vArmor covers unshare only; clone(CLONE_NEWUSER) is the same operation. clone3 keeps
-        // its flags in memory, which seccomp cannot read.
+        // vArmor covers unshare only; clone(CLONE_NEWUSER) is the same operation, and clone3
+        // (whose flags seccomp cannot read) is refused with ENOSYS.
         seccomp: &[
             SeccompEntry {
+                errno: None,
                 names: &["unshare"],
                 args: &[(0, CLONE_NEWUSER, CLONE_NEWUSER, "SCMP_CMP_MASKED_EQ")],
             },
             SeccompEntry {
+                errno: None,
                 names: &["clone"],
                 args: &[(0, CLONE_NEWUSER, CLONE_NEWUSER, "SCMP_CMP_MASKED_EQ")],
             },
+            // clone3 keeps its flags in memory, which seccomp cannot read: it answers ENOSYS,
+            // and glibc falls back to clone, filtered above (what moby's default profile does).
+            SeccompEntry { errno: Some(ENOSYS), names: &["clone3"], args: &[] },
         ],
     },
     BuiltinRule {
@@ -730,7 +741,7 @@ static CATALOG: [BuiltinRule; 98] = [
         summary: "deny bpf(BPF_PROG_LOAD) for every program type",
         apparmor: &[],
         bpf: &[],
-        seccomp: &[SeccompEntry { names: &["bpf"], args: &[(0, BPF_PROG_LOAD, 0, "SCMP_CMP_EQ")] }],
+        seccomp: &[SeccompEntry { errno: None, names: &["bpf"], args: &[(0, BPF_PROG_LOAD, 0, "SCMP_CMP_EQ")] }],
     },
     BuiltinRule {
         name: "disallow-load-bpf-via-setsockopt",
@@ -741,6 +752,7 @@ static CATALOG: [BuiltinRule; 98] = [
         bpf: &[],
         seccomp: &[
             SeccompEntry {
+                errno: None,
                 names: &["setsockopt"],
                 args: &[
                     (1, SOL_SOCKET, 0, "SCMP_CMP_EQ"),
@@ -748,6 +760,7 @@ static CATALOG: [BuiltinRule; 98] = [
                 ],
             },
             SeccompEntry {
+                errno: None,
                 names: &["setsockopt"],
                 args: &[
                     (1, SOL_SOCKET, 0, "SCMP_CMP_EQ"),
@@ -763,7 +776,7 @@ static CATALOG: [BuiltinRule; 98] = [
         summary: "deny userfaultfd(2)",
         apparmor: &[],
         bpf: &[],
-        seccomp: &[SeccompEntry { names: &["userfaultfd"], args: &[] }],
+        seccomp: &[SeccompEntry { errno: None, names: &["userfaultfd"], args: &[] }],
     },
     // ---------------------------------------------------------------- attack protection
     BuiltinRule {
@@ -941,10 +954,10 @@ static CATALOG: [BuiltinRule; 98] = [
         apparmor: &[],
         bpf: &[],
         seccomp: &[
-            SeccompEntry { names: &["chmod"], args: mode_bits!(1, [S_IXUSR, S_IXGRP, S_IXOTH]) },
-            SeccompEntry { names: &["fchmod"], args: mode_bits!(1, [S_IXUSR, S_IXGRP, S_IXOTH]) },
-            SeccompEntry { names: &["fchmodat"], args: mode_bits!(2, [S_IXUSR, S_IXGRP, S_IXOTH]) },
-            SeccompEntry { names: &["fchmodat2"], args: mode_bits!(2, [S_IXUSR, S_IXGRP, S_IXOTH]) },
+            SeccompEntry { errno: None, names: &["chmod"], args: mode_bits!(1, [S_IXUSR, S_IXGRP, S_IXOTH]) },
+            SeccompEntry { errno: None, names: &["fchmod"], args: mode_bits!(1, [S_IXUSR, S_IXGRP, S_IXOTH]) },
+            SeccompEntry { errno: None, names: &["fchmodat"], args: mode_bits!(2, [S_IXUSR, S_IXGRP, S_IXOTH]) },
+            SeccompEntry { errno: None, names: &["fchmodat2"], args: mode_bits!(2, [S_IXUSR, S_IXGRP, S_IXOTH]) },
         ],
     },
     BuiltinRule {
@@ -955,10 +968,10 @@ static CATALOG: [BuiltinRule; 98] = [
         apparmor: &[],
         bpf: &[],
         seccomp: &[
-            SeccompEntry { names: &["chmod"], args: mode_bits!(1, [S_ISUID, S_ISGID]) },
-            SeccompEntry { names: &["fchmod"], args: mode_bits!(1, [S_ISUID, S_ISGID]) },
-            SeccompEntry { names: &["fchmodat"], args: mode_bits!(2, [S_ISUID, S_ISGID]) },
-            SeccompEntry { names: &["fchmodat2"], args: mode_bits!(2, [S_ISUID, S_ISGID]) },
+            SeccompEntry { errno: None, names: &["chmod"], args: mode_bits!(1, [S_ISUID, S_ISGID]) },
+            SeccompEntry { errno: None, names: &["fchmod"], args: mode_bits!(1, [S_ISUID, S_ISGID]) },
+            SeccompEntry { errno: None, names: &["fchmodat"], args: mode_bits!(2, [S_ISUID, S_ISGID]) },
+            SeccompEntry { errno: None, names: &["fchmodat2"], args: mode_bits!(2, [S_ISUID, S_ISGID]) },
         ],
     },
     socket_rule!(
@@ -1033,7 +1046,7 @@ static CATALOG: [BuiltinRule; 98] = [
         summary: "deny splice(2) (CVE-2022-0847)",
         apparmor: &[],
         bpf: &[],
-        seccomp: &[SeccompEntry { names: &["splice"], args: &[] }],
+        seccomp: &[SeccompEntry { errno: None, names: &["splice"], args: &[] }],
     },
     BuiltinRule {
         name: "ingress-nightmare-mitigation",

@@ -126,6 +126,10 @@ fn enhance_protect(ctx: &Context<'_>) -> Result<LinuxSeccomp, FieldErrors> {
                 .iter()
                 .map(|&(index, value, two, op)| builtin_arg(index, value, two, op))
                 .collect();
+            let (action, errno) = match e.errno {
+                Some(n) => (LinuxSeccompAction::ScmpActErrno, Some(n)),
+                None => (action, errno),
+            };
             entries.push(syscall(names, action, errno, args), &origin);
         }
     }
