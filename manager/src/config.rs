@@ -29,6 +29,8 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// How long a keep-alive ping may stay unanswered before the connection is closed.
     pub keepalive_timeout: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP); `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -49,6 +51,7 @@ impl Config {
             hello_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 

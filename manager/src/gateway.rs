@@ -142,6 +142,7 @@ fn record_ack(shared: &Shared, node: &str, ack: v1::Ack) {
             message: truncate(&r.message, MAX_MESSAGE),
         });
     }
+    let kinds: Vec<ResultKind> = results.iter().map(|r| r.status).collect();
     let mut state = shared.lock();
     let current = state.catalog.policy(&ack.profile_name).map(|p| p.revision);
     let Some(rec) = state.nodes.get_mut(node) else {
@@ -198,6 +199,7 @@ fn record_ack(shared: &Shared, node: &str, ack: v1::Ack) {
             );
         }
     }
+    shared.metrics.ack(node, removed, &kinds);
     state.touch(Doc::Nodes);
     if refresh_policy(&mut state, &ack.profile_name, now) {
         state.touch(Doc::Policies);
@@ -355,17 +357,22 @@ impl v1::agent_gateway_server::AgentGateway for Gateway {
         let peer = request.remote_addr();
         let r = request.into_inner();
         let node = r.node_name.trim().to_string();
+        let refused = |e: Error| -> Status {
+            self.shared.metrics.join_rejected(&e);
+            e.into()
+        };
         // The token first: a caller without it learns nothing else.
         if !self.shared.join_token.matches(&r.join_token) {
             tracing::warn!(node = %node, peer = ?peer, "join refused: wrong join token");
-            return Err(Error::BadJoinToken.into());
+            return Err(refused(Error::BadJoinToken));
         }
-        check_node_name(&node)?;
-        check_requested_sans(&self.shared.lock(), &node, &r.subject_alt_names)?;
+        check_node_name(&node).map_err(refused)?;
+        check_requested_sans(&self.shared.lock(), &node, &r.subject_alt_names).map_err(refused)?;
         let issued = self
             .shared
             .ca
-            .issue_node(&node, &r.csr_pem, &r.subject_alt_names)?;
+            .issue_node(&node, &r.csr_pem, &r.subject_alt_names)
+            .map_err(refused)?;
         let now = SystemTime::now();
         let generation = {
             let mut state = self.shared.lock();
@@ -580,6 +587,13 @@ impl v1::agent_gateway_server::AgentGateway for Gateway {
                     let intake = events::intake(pos, &node, batch);
                     (intake, state.touch(Doc::Events))
                 };
+                shared.metrics.events(
+                    &node,
+                    intake.accepted.len() as u64,
+                    intake.duplicates,
+                    intake.missing,
+                    reported_drops,
+                );
                 if reported_drops > 0 {
                     tracing::warn!(node = %node, dropped = reported_drops, "agent dropped events while its buffer was full");
                 }

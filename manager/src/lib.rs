@@ -9,6 +9,7 @@
 //! * [`control`]: the `ControlPlane` service for operators;
 //! * [`status`]: policy status from per-node results (vArmor's semantics);
 //! * [`events`]: event intake with sequence checks, and the fan-out to watchers;
+//! * [`metrics`]: the Prometheus metrics (`--metrics-listen`);
 //! * [`ca`]: the CA, the join token and the certificates in the state directory;
 //! * [`store`]: the state directory's files, written atomically;
 //! * [`server`]: [`Manager`], which starts and stops all of it.
@@ -24,6 +25,7 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod gateway;
+pub mod metrics;
 pub mod server;
 mod shared;
 pub mod source;

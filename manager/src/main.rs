@@ -37,6 +37,10 @@ struct Args {
     /// Extra DNS name or IP address for the server certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: bind loopback or a
+    /// pod-internal address), e.g. 127.0.0.1:9445. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -72,6 +76,7 @@ async fn main() -> Result<()> {
     config.varmor_namespace = args.varmor_namespace;
     config.node_cert_lifetime = args.node_cert_lifetime;
     config.tls_sans = args.tls_sans;
+    config.metrics_listen = args.metrics_listen;
     let mut manager = Manager::start(config)
         .await
         .context("cannot start varmor-manager")?;

@@ -12,12 +12,14 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use varmor_proto::v1::agent_gateway_server::AgentGatewayServer;
 use varmor_proto::v1::control_plane_server::ControlPlaneServer;
-use varmor_rpc::tls::{server_config, tls_incoming, ClientAuth};
+use varmor_rpc::metrics::MetricsServer;
+use varmor_rpc::tls::{server_config, tls_incoming_observed, ClientAuth};
 
 use crate::catalog::{Catalog, PoliciesFile};
 use crate::control::Control;
 use crate::events::EventHub;
 use crate::gateway::Gateway;
+use crate::metrics::{ManagerMetrics, Rollouts};
 use crate::shared::{known_facts, run_engine, Shared};
 use crate::source::{DirectorySource, PolicySource};
 use crate::state::{EventsFile, NodesFile, State};
@@ -41,6 +43,7 @@ pub struct Manager {
     shutdown_tx: watch::Sender<bool>,
     server: Option<JoinHandle<Result<(), Error>>>,
     tasks: Vec<JoinHandle<()>>,
+    metrics: Option<MetricsServer>,
 }
 
 impl Manager {
@@ -80,6 +83,7 @@ impl Manager {
         let events: EventsFile = store::read_json(&dir.join(store::EVENTS))?.unwrap_or_default();
         let policies: PoliciesFile =
             store::read_json(&dir.join(store::POLICIES))?.unwrap_or_default();
+        let metrics = ManagerMetrics::new();
         let mut state = State {
             nodes: nodes.nodes,
             sessions: HashMap::new(),
@@ -87,6 +91,7 @@ impl Manager {
             catalog: Catalog::new(&config.varmor_namespace),
             generations: [0; 3],
             next_session_id: 0,
+            rollouts: Rollouts::new(metrics.distribution.clone()),
         };
         let facts = known_facts(&state);
         let mut catalog =
@@ -136,6 +141,16 @@ impl Manager {
         )
         .map_err(|e| Error::cert(dir.join(store::SERVER_CERT).display().to_string(), e))?;
 
+        // Bound before anything runs, so a bad --metrics-listen fails the start.
+        let metrics_server = match config.metrics_listen {
+            Some(addr) => Some(
+                MetricsServer::start(addr, Arc::new(metrics.registry(state.clone())))
+                    .await
+                    .map_err(|e| Error::Config(format!("--metrics-listen: {e}")))?,
+            ),
+            None => None,
+        };
+
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (synced_tx, synced_rx) = watch::channel(false);
         let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
@@ -149,6 +164,7 @@ impl Manager {
             events: EventHub::new(EVENT_BACKLOG),
             synced: synced_rx,
             shutdown: shutdown_rx.clone(),
+            metrics: metrics.clone(),
         });
 
         let mut tasks = Vec::new();
@@ -174,7 +190,11 @@ impl Manager {
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let control = ControlPlaneServer::new(Control::new(shared.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let incoming = tls_incoming(listener, tls);
+        let incoming = tls_incoming_observed(
+            listener,
+            move || tls.clone(),
+            move |failure| metrics.tls_handshake_failed(failure.reason()),
+        );
         let mut stop = shutdown_rx;
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(config.keepalive_interval))
@@ -206,12 +226,18 @@ impl Manager {
             shutdown_tx,
             server: Some(server),
             tasks,
+            metrics: metrics_server,
         })
     }
 
     /// The address the gRPC server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address metrics are served on (`GET /metrics`), when `metrics_listen` was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
     /// The state directory.
@@ -263,6 +289,9 @@ impl Manager {
         }
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+        if let Some(m) = self.metrics.take() {
+            m.shutdown().await;
         }
         for doc in Doc::ALL {
             let generation = self.shared.lock().generations[doc.index()];

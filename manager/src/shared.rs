@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, watch};
 use varmor_proto::v1;
@@ -11,6 +11,7 @@ use varmor_proto::v1;
 use crate::ca::{CertAuthority, JoinToken};
 use crate::catalog::{self, Change, Policy};
 use crate::events::EventHub;
+use crate::metrics::ManagerMetrics;
 use crate::source::SourceEvent;
 use crate::state::{FactsKey, State};
 use crate::status::{self, Subject};
@@ -38,6 +39,8 @@ pub struct Shared {
     pub synced: watch::Receiver<bool>,
     /// True once the manager is stopping.
     pub shutdown: watch::Receiver<bool>,
+    /// The Prometheus metrics.
+    pub metrics: ManagerMetrics,
 }
 
 /// Resolves once the manager is stopping.
@@ -152,6 +155,13 @@ pub fn refresh_policy(state: &mut State, profile: &str, now: SystemTime) -> bool
             reason = computed.ready_reason,
             message = %computed.ready_message,
             "policy status changed"
+        );
+    }
+    if let Some(took) = state.rollouts.check(profile, &state.nodes, Instant::now()) {
+        tracing::debug!(
+            profile,
+            seconds = took.as_secs_f64(),
+            "every expected node acked the new revision"
         );
     }
     changed
@@ -272,6 +282,17 @@ fn finish_changes(state: &mut State, changes: &[Change], now: SystemTime) -> u64
         return 0;
     }
     let mut nodes_changed = false;
+    let started = Instant::now();
+    for ch in changes {
+        match ch {
+            Change::Update { profile, revision } => {
+                state
+                    .rollouts
+                    .start(profile, *revision, started, &state.nodes)
+            }
+            Change::Removal { profile, .. } => state.rollouts.cancel(profile),
+        }
+    }
     for ch in changes {
         if let Change::Removal { profile, .. } = ch {
             for n in state.nodes.values_mut() {

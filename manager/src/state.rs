@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use varmor_proto::v1;
 
 use crate::catalog::{Catalog, PoliciesFile};
+use crate::metrics::Rollouts;
 use crate::store::Doc;
 
 /// An enforcer, as stored.
@@ -378,6 +379,8 @@ pub struct State {
     pub generations: [u64; 3],
     /// The next session id.
     pub next_session_id: u64,
+    /// Policy changes on their way to the nodes, for the distribution latency metric.
+    pub rollouts: Rollouts,
 }
 
 impl State {
