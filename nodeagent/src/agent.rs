@@ -14,17 +14,24 @@ use crate::apply::Applier;
 use crate::binder::{self, BinderHandle, LatencySummary};
 use crate::config::Config;
 use crate::containers::ContainerRegistry;
-use crate::enforcer::{EnforcerKind, Enforcers};
+use crate::enforcer::{
+    AppArmorEnforcer, AppArmorOptions, EnforcerKind, Enforcers, SeccompEnforcer,
+};
 use crate::error::AgentError;
 use crate::events::{self, EventBuffer, Pushed};
 use crate::gateway;
 use crate::host::HostFs;
 use crate::identity;
+use crate::metrics::AgentMetrics;
 use crate::profiles::HeldProfiles;
 use crate::server::{self, NodeStateService};
 use crate::session::{self, SessionContext};
 use crate::state::StateDir;
 use crate::status::ConnectionStatus;
+use crate::violations::enrich::Enricher;
+use crate::violations::fanout::{Pipeline, PipelineConfig};
+use crate::violations::kernlog::{self, KernLogConfig};
+use varmor_rpc::metrics::MetricsServer;
 
 /// A running agent.
 #[derive(Debug)]
@@ -34,8 +41,73 @@ pub struct Agent {
     binder: Option<BinderHandle>,
     state_dir: StateDir,
     node_state_addr: SocketAddr,
+    pipeline: Arc<Pipeline>,
+    sink: EventSink,
+    metrics: AgentMetrics,
+    metrics_server: Option<MetricsServer>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// Where events of every source go: enriched, counted, then offered to every sink.
+#[derive(Debug, Clone)]
+struct EventSink {
+    enricher: Arc<Enricher>,
+    pipeline: Arc<Pipeline>,
+    metrics: AgentMetrics,
+}
+
+impl EventSink {
+    fn submit(&self, mut event: v1::Event) {
+        self.enricher.enrich(&mut event);
+        self.metrics.event(&event);
+        self.pipeline.submit(event);
+    }
+}
+
+/// Reads AppArmor and Seccomp audit records and submits those about our profiles: AppArmor
+/// records of `varmor-*` profiles, Seccomp records of processes in containers bound to a
+/// profile. A source that cannot be opened is retried (the reason is logged once per change).
+async fn audit_loop(
+    node: String,
+    config: KernLogConfig,
+    sink: EventSink,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut source = tokio::select! {
+        s = kernlog::open(&config) => match s {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(node, error = %e, "AppArmor and Seccomp audit records cannot be read; their violations will not be reported");
+                return;
+            }
+        },
+        _ = shutdown.changed() => return,
+    };
+    tracing::info!(node, source = ?source.info(), "reading AppArmor and Seccomp audit records");
+    loop {
+        let record = tokio::select! {
+            r = source.next() => r,
+            _ = shutdown.changed() => return,
+        };
+        let Some(record) = record else { return };
+        if !record.is_violation() {
+            continue;
+        }
+        if let Some(profile) = &record.profile {
+            if !profile.starts_with("varmor-") {
+                continue;
+            }
+        }
+        let mut event = record.to_event();
+        sink.enricher.enrich(&mut event);
+        if event.profile_name.is_empty() {
+            // A seccomp record of a process no profile of ours confines.
+            continue;
+        }
+        sink.metrics.event(&event);
+        sink.pipeline.submit(event);
+    }
 }
 
 /// The kubelet's seccomp directory on the host.
@@ -45,12 +117,25 @@ impl Agent {
     /// Starts an agent with the enforcers of this version for the host at `config.host_root`.
     pub async fn start(config: Config) -> Result<Agent, AgentError> {
         let host = HostFs::new(&config.host_root);
+        // Kubernetes: the kubelet's directory; standalone: ours (see SeccompEnforcer).
+        let mode = config
+            .containers
+            .as_ref()
+            .map_or(crate::runtime::Mode::Kubernetes, |c| c.mode);
         let seccomp_dir = config
             .seccomp_dir
             .clone()
-            .unwrap_or_else(|| host.path(KUBELET_SECCOMP_DIR));
-        let enforcers = Enforcers::for_host(&host, seccomp_dir);
-        Self::start_with(config, enforcers).await
+            .unwrap_or_else(|| SeccompEnforcer::default_dir(&host, mode));
+        let apparmor = Arc::new(AppArmorEnforcer::for_host(
+            &host,
+            AppArmorOptions::default(),
+        ));
+        let enforcers = Enforcers::for_host(&host, seccomp_dir, apparmor.clone());
+        let agent = Self::start_with(config, enforcers).await?;
+        // The held bundles were re-applied: AppArmor profiles of earlier runs that none of them
+        // uses are unloaded.
+        apparmor.remove_orphans().await;
+        Ok(agent)
     }
 
     /// Starts an agent with the given enforcers. Returns once the node has an identity, the held
@@ -82,8 +167,10 @@ impl Agent {
         }
         let host = HostFs::new(&config.host_root);
         let facts = host.node_facts();
+        let metrics = AgentMetrics::new();
         let profiles = Arc::new(HeldProfiles::load(state_dir.bundles_dir())?);
-        let applier = Arc::new(Applier::new(node.clone(), profiles, enforcers));
+        let applier =
+            Arc::new(Applier::new(node.clone(), profiles, enforcers).with_metrics(metrics.clone()));
         if !applier.profiles().is_empty() {
             tracing::info!(
                 node,
@@ -109,6 +196,26 @@ impl Agent {
             source,
         })?;
 
+        // The violation pipeline: every event goes to the manager (the buffer above), and to
+        // violations.log and OTLP when configured, each with its own bounded queue.
+        let mut pipeline_config = PipelineConfig::new(node.clone());
+        pipeline_config.log = config.violations.log.clone();
+        pipeline_config.otlp = config.violations.otlp.clone();
+        let pipeline = Arc::new(Pipeline::start(pipeline_config, Some(events.clone()))?);
+        {
+            let p = pipeline.clone();
+            metrics.watch_sinks(move || p.sink_stats());
+        }
+        let metrics_server = match config.metrics_listen {
+            Some(addr) => Some(
+                metrics
+                    .serve(addr)
+                    .await
+                    .map_err(|e| AgentError::Metrics(format!("--metrics-listen {addr}: {e}")))?,
+            ),
+            None => None,
+        };
+
         let config = Arc::new(config);
         let ctx = SessionContext {
             config: config.clone(),
@@ -117,8 +224,15 @@ impl Agent {
             events,
             status: status.clone(),
             facts,
+            pipeline: Some(pipeline.clone()),
         };
         let containers = Arc::new(ContainerRegistry::new());
+        let enricher = Arc::new(Enricher::new(
+            node.clone(),
+            host.clone(),
+            containers.clone(),
+            ctx.applier.profiles().clone(),
+        ));
         let service = NodeStateService::new(ctx.clone(), containers.clone());
         let mut tasks = Vec::new();
         // After the held profiles were restored: containers running now are bound at once.
@@ -133,6 +247,7 @@ impl Agent {
                 shutdown_rx.clone(),
             );
             tasks.extend(spawned);
+            handle.stats().observe_into(metrics.clone());
             handle
         });
         {
@@ -144,18 +259,21 @@ impl Agent {
                 }
             }));
         }
-        // Kernel events of the enforcers (BPF-LSM) go into the event buffer.
+        let sink = EventSink {
+            enricher: enricher.clone(),
+            pipeline: pipeline.clone(),
+            metrics: metrics.clone(),
+        };
+        // Kernel events of the enforcers (BPF-LSM) go through the pipeline.
         for enforcer in ctx.applier.enforcers().iter() {
             if let Some(mut rx) = enforcer.take_events() {
-                let buffer = ctx.events.clone();
+                let sink = sink.clone();
                 let mut shutdown = shutdown_rx.clone();
                 tasks.push(tokio::spawn(async move {
                     loop {
                         tokio::select! {
                             event = rx.recv() => match event {
-                                Some(event) => {
-                                    buffer.push(event);
-                                }
+                                Some(event) => sink.submit(event),
                                 None => break,
                             },
                             _ = shutdown.changed() => break,
@@ -163,6 +281,39 @@ impl Agent {
                     }
                 }));
             }
+        }
+        // AppArmor and Seccomp audit records from the kernel.
+        if let Some(audit) = config.violations.audit.clone() {
+            tasks.push(tokio::spawn(audit_loop(
+                node.clone(),
+                audit,
+                sink.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        // Gauges that follow the state: bound containers, manager connection.
+        {
+            let metrics = metrics.clone();
+            let containers = containers.clone();
+            let status = status.clone();
+            let mut shutdown = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            let bound = containers
+                                .list()
+                                .iter()
+                                .filter(|c| c.binding == crate::containers::Binding::Bound)
+                                .count();
+                            metrics.set_bound_containers(bound);
+                            metrics.set_manager_connected(status.get().connected);
+                        }
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            }));
         }
         tasks.push(tokio::spawn(session::sync_loop(
             ctx.clone(),
@@ -186,6 +337,10 @@ impl Agent {
             binder,
             state_dir,
             node_state_addr,
+            pipeline,
+            sink,
+            metrics,
+            metrics_server,
             shutdown,
             tasks,
         })
@@ -235,6 +390,28 @@ impl Agent {
             .unwrap_or_default()
     }
 
+    /// The violation pipeline (its sinks and counters).
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Reports a violation as the kernel sources do: the event is enriched (node, container,
+    /// pod, profile, policy), counted, and offered to every sink (the manager, violations.log,
+    /// OTLP). For event sources outside the agent, e.g. a runtime hook.
+    pub fn report(&self, event: v1::Event) {
+        self.sink.submit(event);
+    }
+
+    /// The agent's Prometheus metrics.
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|m| m.local_addr())
+    }
+
     /// The state directory.
     pub fn state_dir(&self) -> &StateDir {
         &self.state_dir
@@ -258,6 +435,11 @@ impl Agent {
             {
                 task.abort();
             }
+        }
+        // The queued sinks write what they hold (OTLP gets a moment to export).
+        self.pipeline.shutdown(Duration::from_secs(2)).await;
+        if let Some(m) = self.metrics_server {
+            m.shutdown().await;
         }
         self.ctx.events.persist_next_sequence();
         tracing::info!(node, "agent stopped");

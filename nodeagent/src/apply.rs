@@ -25,6 +25,7 @@ pub struct Applier {
     node: String,
     profiles: Arc<HeldProfiles>,
     enforcers: Enforcers,
+    metrics: Option<crate::metrics::AgentMetrics>,
 }
 
 impl Applier {
@@ -34,7 +35,14 @@ impl Applier {
             node: node.into(),
             profiles,
             enforcers,
+            metrics: None,
         }
+    }
+
+    /// Counts every enforcer result in `metrics` (`varmor_agent_profile_loads_total`).
+    pub fn with_metrics(mut self, metrics: crate::metrics::AgentMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The held profiles.
@@ -205,6 +213,9 @@ impl Applier {
     }
 
     fn log(&self, profile: &str, revision: u64, kind: EnforcerKind, outcome: &Outcome) {
+        if let Some(m) = &self.metrics {
+            m.profile_load(kind, outcome.status);
+        }
         let node = self.node.as_str();
         let status = outcome.status.as_str();
         let message = outcome.message.as_str();

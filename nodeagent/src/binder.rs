@@ -67,6 +67,8 @@ const RECENT: usize = 4096;
 #[derive(Debug, Default)]
 pub struct LatencyStats {
     inner: Mutex<LatencyInner>,
+    /// Also observed into the Prometheus histogram, once the agent set it.
+    metrics: std::sync::OnceLock<crate::metrics::AgentMetrics>,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +104,9 @@ pub struct LatencySummary {
 impl LatencyStats {
     /// Records one latency.
     pub fn record(&self, us: u64) {
+        if let Some(m) = self.metrics.get() {
+            m.binding_latency(std::time::Duration::from_micros(us));
+        }
         let mut s = self.lock();
         s.min_us = if s.count == 0 { us } else { s.min_us.min(us) };
         s.max_us = s.max_us.max(us);
@@ -113,6 +118,12 @@ impl LatencyStats {
             s.recent.pop_front();
         }
         s.recent.push_back(us);
+    }
+
+    /// Also records every later latency in `metrics` (`varmor_agent_binding_latency_seconds`);
+    /// only the first call has an effect.
+    pub fn observe_into(&self, metrics: crate::metrics::AgentMetrics) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// The totals and the quantiles of the recent latencies.

@@ -42,7 +42,9 @@ pub struct Config {
     pub host_root: PathBuf,
     /// How many events wait for the manager at most; more are dropped and counted.
     pub event_buffer: usize,
-    /// Where seccomp profiles are written; default `<host-root>/var/lib/kubelet/seccomp`.
+    /// Where seccomp profiles are written; default `<host-root>/var/lib/kubelet/seccomp` in
+    /// Kubernetes mode (and when no containers are watched), `<host-root>/var/lib/varmor/seccomp`
+    /// in standalone mode.
     pub seccomp_dir: Option<PathBuf>,
     /// Extra names (IP addresses or DNS names) for the node certificate, so operators can
     /// reach the `NodeState` service by them.
@@ -60,6 +62,25 @@ pub struct Config {
     /// The container runtime to watch and how containers are bound to profiles; `None`: no
     /// containers are watched (the binary always sets it).
     pub containers: Option<crate::runtime::RuntimeConfig>,
+    /// The violation pipeline's extra sinks and the audit-record source (events always go to
+    /// the manager).
+    pub violations: ViolationsConfig,
+    /// Where Prometheus metrics are served (`GET /metrics`); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The violation pipeline besides the manager: `violations.log`, OpenTelemetry, and the kernel's
+/// audit records (AppArmor and Seccomp). Everything is off by default; the binary turns the log
+/// and the audit source on.
+#[derive(Debug, Clone, Default)]
+pub struct ViolationsConfig {
+    /// `violations.log` (vArmor's format, rotated); `None`: no file.
+    pub log: Option<crate::violations::logfile::ViolationLogConfig>,
+    /// Export to an OTLP collector; `None`: no export.
+    pub otlp: Option<crate::violations::otlp::OtlpConfig>,
+    /// Read AppArmor and Seccomp audit records from the kernel; `None`: not read (BPF events
+    /// come from the BPF enforcer regardless).
+    pub audit: Option<crate::violations::kernlog::KernLogConfig>,
 }
 
 impl Config {
@@ -89,6 +110,8 @@ impl Config {
             keepalive_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             containers: None,
+            violations: ViolationsConfig::default(),
+            metrics_listen: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! ([`crate::runtime`]); `NodeState/ListContainers` reads it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use varmor_proto::v1;
@@ -103,6 +104,9 @@ impl ContainerEntry {
 #[derive(Debug, Default)]
 pub struct ContainerRegistry {
     containers: Mutex<BTreeMap<String, ContainerEntry>>,
+    /// Counts changes, so readers that index the containers (event enrichment) know when to
+    /// rebuild their index.
+    generation: AtomicU64,
 }
 
 impl ContainerRegistry {
@@ -114,11 +118,19 @@ impl ContainerRegistry {
     /// Adds or replaces a container.
     pub fn upsert(&self, entry: ContainerEntry) {
         self.lock().insert(entry.info.id.clone(), entry);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Forgets a container; returns it.
     pub fn remove(&self, id: &str) -> Option<ContainerEntry> {
-        self.lock().remove(id)
+        let old = self.lock().remove(id);
+        self.generation.fetch_add(1, Ordering::Release);
+        old
+    }
+
+    /// Changes whenever a container is added, changed or removed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Every container, ordered by id.

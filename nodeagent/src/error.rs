@@ -9,6 +9,12 @@ pub enum AgentError {
     /// The configuration cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A sink of the violation pipeline could not be opened.
+    #[error("{0}")]
+    Pipeline(#[from] crate::violations::fanout::PipelineError),
+    /// The metrics endpoint could not be served.
+    #[error("cannot serve metrics: {0}")]
+    Metrics(String),
     /// A file could not be read.
     #[error("cannot read {what} {}: {source}", path.display())]
     Read {

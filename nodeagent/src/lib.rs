@@ -23,6 +23,7 @@ pub mod fsutil;
 pub mod gateway;
 pub mod host;
 pub mod identity;
+pub mod metrics;
 pub mod profiles;
 pub mod runtime;
 pub mod server;

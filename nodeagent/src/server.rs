@@ -77,8 +77,11 @@ pub(crate) fn agent_state(ctx: &SessionContext) -> v1::AgentState {
         events_buffered: counters.buffered,
         events_dropped: counters.dropped,
         event_buffer_capacity: counters.capacity,
-        // Filled from `violations::fanout::Pipeline::sink_stats` once the pipeline is wired.
-        sinks: Vec::new(),
+        sinks: ctx
+            .pipeline
+            .as_ref()
+            .map(|p| p.sink_stats())
+            .unwrap_or_default(),
     }
 }
 

@@ -28,6 +28,8 @@ pub(crate) struct SessionContext {
     pub events: Arc<EventBuffer>,
     pub status: Arc<ConnectionStatus>,
     pub facts: v1::NodeFacts,
+    /// The violation pipeline (for its sink counters); `None` in tests that build no pipeline.
+    pub pipeline: Option<Arc<crate::violations::fanout::Pipeline>>,
 }
 
 impl SessionContext {

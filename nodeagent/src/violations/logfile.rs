@@ -438,15 +438,32 @@ impl ViolationLog {
 
     /// Removes numbered backups above `max_backups` (from an earlier, larger setting).
     fn prune_backups(&self) {
-        let mut n = self.config.max_backups + 1;
-        loop {
-            let extra = self.backup(n);
-            match fs::remove_file(&extra) {
-                Ok(()) => n += 1,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-                Err(e) => {
+        let path = &self.config.path;
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return; // not there yet: nothing to prune
+        };
+        let prefix = format!("{}.", name.to_string_lossy());
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let Some(n) = file
+                .to_str()
+                .and_then(|f| f.strip_prefix(&prefix))
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if n > self.config.max_backups {
+                let extra = entry.path();
+                if let Err(e) = fs::remove_file(&extra) {
                     tracing::warn!(path = %extra.display(), error = %e, "cannot remove an old backup of the violations log");
-                    return;
                 }
             }
         }

@@ -6,6 +6,7 @@
 //! (the enforcer-specific part is JSON in `event_json`), so every sink sees the same fields.
 
 pub mod audit;
+pub mod enrich;
 pub mod fanout;
 pub mod kernlog;
 pub mod logfile;

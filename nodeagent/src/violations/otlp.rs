@@ -1,1 +1,695 @@
-//! (being written)
+//! OpenTelemetry export of violations: each event becomes one OTLP log record, sent in batches
+//! to a collector's `LogsService/Export` over gRPC (`--otlp-endpoint`).
+//!
+//! # The record
+//!
+//! * `time_unix_nano`: the event's time (when the kernel reported it); `observed_time_unix_nano`:
+//!   when the record was built.
+//! * `severity_number`/`severity_text`: `WARN` for an action containing `DENIED`, `INFO` for
+//!   `AUDIT`, `ALLOWED` and `AUDIT|ALLOWED`.
+//! * `event_name`: `varmor.violation`.
+//! * Attributes (semantic conventions where one exists): `k8s.node.name`, `k8s.pod.uid`,
+//!   `k8s.pod.name`, `k8s.namespace.name`, `container.id`, `container.name`,
+//!   `container.image.name`, `process.pid` (int); and `varmor.enforcer` (`AppArmor`, `BPF`,
+//!   `Seccomp`), `varmor.action`, `varmor.profile`, `varmor.policy.kind`, `varmor.policy.name`,
+//!   `varmor.policy.namespace`, `varmor.mnt_ns_id` (int), `varmor.sequence` (int; 0 when the
+//!   upstream buffer had no room and gave the event no number). Empty strings are omitted,
+//!   except `varmor.enforcer` and `varmor.action`, which are always present.
+//! * Body: the enforcer-specific `event` object as a key-value list (nested objects and
+//!   arrays kept as kvlists and arrays, so a collector can map it back to the same JSON as
+//!   `violations.log`'s `event`). When `event_json` is not valid JSON the body is that text as
+//!   a string. (Flattening into `varmor.event.<key>` attributes was rejected: nested arrays
+//!   such as `permissions` do not flatten without inventing a convention.)
+//! * Resource: `service.name=varmor-agent`, `service.version`, `host.name` and
+//!   `k8s.node.name` (this node). Scope: `varmor-agent` with the agent's version.
+//!
+//! A batch that follows lost events carries one more record, body `events dropped`, severity
+//! `WARN`, with attributes `varmor.dropped` (int, how many records were lost since the last
+//! report), `varmor.sink=otlp` and `k8s.node.name`.
+//!
+//! # Delivery
+//!
+//! [`OtlpExporter::export`] sends one request per batch with the configured headers and
+//! per-attempt timeout. `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`
+//! and `CANCELLED` (the OTLP spec's retryable codes; a collector that is down yields
+//! `UNAVAILABLE`) are retried with jittered exponential backoff until
+//! [`OtlpConfig::max_retry_time`] has passed since the first attempt; then the batch is given
+//! up and counted. Other codes are not retried. `http://` endpoints use plain HTTP/2;
+//! `https://` uses TLS with [`OtlpConfig::ca_file`] (default: the system bundle
+//! [`SYSTEM_CA_BUNDLE`]) and an optional client certificate.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList,
+};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::Code;
+use varmor_proto::v1;
+
+use crate::backoff::Backoff;
+use crate::config::BackoffConfig;
+use crate::violations::logfile::enforcer_name;
+
+/// The sink's name in counters.
+pub const SINK_NAME: &str = "otlp";
+/// The CA bundle used for `https://` endpoints when no `ca_file` is configured (Debian's).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// The `event_name` of violation records.
+pub const EVENT_NAME: &str = "varmor.violation";
+
+/// Errors of the OTLP sink. Each names the setting or the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    /// A setting cannot work.
+    #[error("invalid OTLP setting {field}: {reason}")]
+    Config {
+        /// The setting (`endpoint`, `headers`, `batch_size`, ...).
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A TLS file could not be read.
+    #[error("cannot read the OTLP {what} {}: {source}", path.display())]
+    Read {
+        /// What the file is (`CA bundle`, `client certificate`, `client key`).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The collector refused or did not answer, after the retries.
+    #[error("OTLP export to {endpoint} failed after {attempts} attempt(s): {code:?}: {message}")]
+    Export {
+        /// The endpoint.
+        endpoint: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last gRPC code.
+        code: Code,
+        /// The last message.
+        message: String,
+    },
+}
+
+/// Where and how violations are exported over OTLP/gRPC.
+#[derive(Clone)]
+pub struct OtlpConfig {
+    /// The collector, `http://host:4317` or `https://host:4317`.
+    pub endpoint: String,
+    /// Extra request headers (gRPC metadata), e.g. `authorization`. Names are lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Per attempt: the time a request may take. Default 10 s.
+    pub timeout: Duration,
+    /// Connecting to the collector. Default 5 s.
+    pub connect_timeout: Duration,
+    /// The most records per request. Default 512.
+    pub batch_size: usize,
+    /// How long a record waits for more to fill its batch. Default 1 s.
+    pub batch_timeout: Duration,
+    /// Records waiting to be exported before new ones are dropped. Default 16,384.
+    pub queue_capacity: usize,
+    /// Backoff between attempts of one batch. Default 100 ms doubling up to 5 s.
+    pub retry_backoff: BackoffConfig,
+    /// Give a batch up when this much time passed since its first attempt. Default 60 s.
+    pub max_retry_time: Duration,
+    /// `https://` only: the CA bundle (PEM). Default [`SYSTEM_CA_BUNDLE`].
+    pub ca_file: Option<PathBuf>,
+    /// `https://` only: a client certificate and key (PEM files) for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// This node, for the resource attributes.
+    pub node_name: String,
+}
+
+impl fmt::Debug for OtlpConfig {
+    // Header values are often credentials: show only their names.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpConfig")
+            .field("endpoint", &self.endpoint)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("batch_size", &self.batch_size)
+            .field("batch_timeout", &self.batch_timeout)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("max_retry_time", &self.max_retry_time)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("node_name", &self.node_name)
+            .finish()
+    }
+}
+
+impl OtlpConfig {
+    /// The defaults for `endpoint` on node `node_name`.
+    pub fn new(endpoint: impl Into<String>, node_name: impl Into<String>) -> Self {
+        OtlpConfig {
+            endpoint: endpoint.into(),
+            headers: Vec::new(),
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            batch_size: 512,
+            batch_timeout: Duration::from_secs(1),
+            queue_capacity: 16_384,
+            retry_backoff: BackoffConfig {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(5),
+            },
+            max_retry_time: Duration::from_secs(60),
+            ca_file: None,
+            client_cert: None,
+            node_name: node_name.into(),
+        }
+    }
+
+    /// Parses `--otlp-header name=value` flags into [`OtlpConfig::headers`].
+    pub fn parse_header(text: &str) -> Result<(String, String), OtlpError> {
+        let (name, value) = text.split_once('=').ok_or_else(|| OtlpError::Config {
+            field: "headers",
+            reason: format!("{text:?} is not name=value"),
+        })?;
+        Ok((name.trim().to_ascii_lowercase(), value.trim().to_string()))
+    }
+
+    fn check(&self) -> Result<(), OtlpError> {
+        let bad = |field, reason: &str| {
+            Err(OtlpError::Config {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
+            return bad(
+                "endpoint",
+                &format!("{:?} must start with http:// or https://", self.endpoint),
+            );
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1");
+        }
+        if self.queue_capacity == 0 {
+            return bad("queue_capacity", "must be at least 1");
+        }
+        if self.timeout.is_zero() {
+            return bad("timeout", "must be longer than 0");
+        }
+        Ok(())
+    }
+}
+
+/// Sends batches of events to one collector. Connects lazily; the channel reconnects by itself.
+#[derive(Debug)]
+pub struct OtlpExporter {
+    endpoint: String,
+    client: LogsServiceClient<Channel>,
+    headers: MetadataMap,
+    timeout: Duration,
+    retry_backoff: BackoffConfig,
+    max_retry_time: Duration,
+    node_name: String,
+    resource: Resource,
+    scope: InstrumentationScope,
+}
+
+/// What one successful [`OtlpExporter::export`] delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Exported {
+    /// Violation records the collector accepted.
+    pub accepted: u64,
+    /// Violation records it rejected (OTLP partial success).
+    pub rejected: u64,
+    /// Attempts that failed before the one that worked.
+    pub failed_attempts: u32,
+}
+
+impl OtlpExporter {
+    /// Checks `config` and prepares the channel (no connection is made yet).
+    pub fn new(config: &OtlpConfig) -> Result<Self, OtlpError> {
+        config.check()?;
+        let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|e| OtlpError::Config {
+                field: "endpoint",
+                reason: format!("{:?}: {e}", config.endpoint),
+            })?
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true);
+        if config.endpoint.starts_with("https://") {
+            let ca_path = config
+                .ca_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+            let read = |what, path: &PathBuf| {
+                std::fs::read(path).map_err(|source| OtlpError::Read {
+                    what,
+                    path: path.clone(),
+                    source,
+                })
+            };
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read("CA bundle", &ca_path)?));
+            if let Some((cert, key)) = &config.client_cert {
+                tls = tls.identity(Identity::from_pem(
+                    read("client certificate", cert)?,
+                    read("client key", key)?,
+                ));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| OtlpError::Config {
+                field: "endpoint",
+                reason: format!("TLS for {}: {e}", config.endpoint),
+            })?;
+        } else if config.ca_file.is_some() || config.client_cert.is_some() {
+            return Err(OtlpError::Config {
+                field: "endpoint",
+                reason: format!(
+                    "{} is plain http:// but a CA file or client certificate is set; use https://",
+                    config.endpoint
+                ),
+            });
+        }
+        let mut headers = MetadataMap::new();
+        for (name, value) in &config.headers {
+            let key =
+                AsciiMetadataKey::from_bytes(name.as_bytes()).map_err(|e| OtlpError::Config {
+                    field: "headers",
+                    reason: format!("{name:?} is not a valid header name: {e}"),
+                })?;
+            let value =
+                AsciiMetadataValue::try_from(value.as_str()).map_err(|e| OtlpError::Config {
+                    field: "headers",
+                    reason: format!("the value of {name:?} is not a valid header value: {e}"),
+                })?;
+            headers.append(key, value);
+        }
+        let node = &config.node_name;
+        Ok(OtlpExporter {
+            endpoint: config.endpoint.clone(),
+            client: LogsServiceClient::new(endpoint.connect_lazy()),
+            headers,
+            timeout: config.timeout,
+            retry_backoff: config.retry_backoff,
+            max_retry_time: config.max_retry_time,
+            node_name: node.clone(),
+            resource: Resource {
+                attributes: vec![
+                    kv_str("service.name", "varmor-agent"),
+                    kv_str("service.version", crate::AGENT_VERSION),
+                    kv_str("host.name", node),
+                    kv_str("k8s.node.name", node),
+                ],
+                ..Default::default()
+            },
+            scope: InstrumentationScope {
+                name: "varmor-agent".into(),
+                version: crate::AGENT_VERSION.into(),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// The collector's address.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The request for `events`, with a marker record first when `dropped` > 0.
+    pub fn request<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a v1::Event>,
+        dropped: u64,
+    ) -> ExportLogsServiceRequest {
+        let observed = unix_nanos(SystemTime::now());
+        let events = events.into_iter();
+        let mut records = Vec::with_capacity(events.size_hint().0 + 1);
+        if dropped > 0 {
+            records.push(dropped_record(&self.node_name, dropped, observed));
+        }
+        records.extend(events.map(|e| log_record(e, observed)));
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(self.resource.clone()),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(self.scope.clone()),
+                    log_records: records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// Exports `events` (with a marker record first when `dropped` > 0), retrying the
+    /// retryable codes with backoff until `max_retry_time`; the request is built again for
+    /// each attempt rather than kept as a copy. `on_failure` sees each failed attempt as it
+    /// happens (for live error counters).
+    pub async fn export<E: Borrow<v1::Event> + Sync>(
+        &mut self,
+        events: &[E],
+        dropped: u64,
+        on_failure: &mut (dyn FnMut(&tonic::Status) + Send),
+    ) -> Result<Exported, OtlpError> {
+        let violations = events.len() as u64;
+        let started = Instant::now();
+        let mut backoff = Backoff::new(self.retry_backoff);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let mut req =
+                tonic::Request::new(self.request(events.iter().map(Borrow::borrow), dropped));
+            *req.metadata_mut() = self.headers.clone();
+            req.set_timeout(self.timeout);
+            let status = match self.client.export(req).await {
+                Ok(resp) => {
+                    let rejected = resp
+                        .into_inner()
+                        .partial_success
+                        .map_or(0, |p| u64::try_from(p.rejected_log_records).unwrap_or(0))
+                        .min(violations);
+                    return Ok(Exported {
+                        accepted: violations - rejected,
+                        rejected,
+                        failed_attempts: attempts - 1,
+                    });
+                }
+                Err(status) => status,
+            };
+            on_failure(&status);
+            let retryable = matches!(
+                status.code(),
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+                    | Code::Cancelled
+            );
+            let delay = backoff.next_delay();
+            if !retryable || started.elapsed() + delay > self.max_retry_time {
+                return Err(OtlpError::Export {
+                    endpoint: self.endpoint.clone(),
+                    attempts,
+                    code: status.code(),
+                    message: status.message().to_string(),
+                });
+            }
+            tracing::debug!(
+                endpoint = %self.endpoint,
+                code = ?status.code(),
+                message = status.message(),
+                retry_in = ?delay,
+                "OTLP export failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn kv_str(key: &str, value: &str) -> KeyValue {
+    kv(key, any_value::Value::StringValue(value.to_string()))
+}
+
+fn kv_int(key: &str, value: i64) -> KeyValue {
+    kv(key, any_value::Value::IntValue(value))
+}
+
+/// The severity of an action: WARN when it was denied, INFO otherwise.
+pub fn severity(action: &str) -> (SeverityNumber, &'static str) {
+    if action.contains("DENIED") {
+        (SeverityNumber::Warn, "WARN")
+    } else {
+        (SeverityNumber::Info, "INFO")
+    }
+}
+
+/// The log record of one violation (see the module docs).
+pub fn log_record(e: &v1::Event, observed_time_unix_nano: u64) -> LogRecord {
+    let mut attributes = Vec::with_capacity(18);
+    for (key, value) in [
+        ("k8s.node.name", &e.node_name),
+        ("k8s.pod.uid", &e.pod_uid),
+        ("k8s.pod.name", &e.pod_name),
+        ("k8s.namespace.name", &e.pod_namespace),
+        ("container.id", &e.container_id),
+        ("container.name", &e.container_name),
+        ("container.image.name", &e.image),
+    ] {
+        if !value.is_empty() {
+            attributes.push(kv_str(key, value));
+        }
+    }
+    attributes.push(kv_int("process.pid", e.pid.into()));
+    attributes.push(kv_str("varmor.enforcer", enforcer_name(e.enforcer)));
+    attributes.push(kv_str("varmor.action", &e.action));
+    for (key, value) in [
+        ("varmor.profile", &e.profile_name),
+        ("varmor.policy.kind", &e.policy_kind),
+        ("varmor.policy.name", &e.policy_name),
+        ("varmor.policy.namespace", &e.policy_namespace),
+    ] {
+        if !value.is_empty() {
+            attributes.push(kv_str(key, value));
+        }
+    }
+    attributes.push(kv_int("varmor.mnt_ns_id", e.mnt_ns_id.into()));
+    attributes.push(kv_int(
+        "varmor.sequence",
+        i64::try_from(e.sequence).unwrap_or(i64::MAX),
+    ));
+    let (number, text) = severity(&e.action);
+    let time = e.time.as_ref().map_or(0, |t| {
+        u64::try_from(t.seconds)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(t.nanos).unwrap_or(0))
+    });
+    LogRecord {
+        time_unix_nano: time,
+        observed_time_unix_nano,
+        severity_number: number as i32,
+        severity_text: text.to_string(),
+        body: Some(event_body(&e.event_json)),
+        attributes,
+        event_name: EVENT_NAME.to_string(),
+        ..Default::default()
+    }
+}
+
+/// The record that reports `dropped` lost records.
+pub fn dropped_record(node_name: &str, dropped: u64, now_unix_nano: u64) -> LogRecord {
+    LogRecord {
+        time_unix_nano: now_unix_nano,
+        observed_time_unix_nano: now_unix_nano,
+        severity_number: SeverityNumber::Warn as i32,
+        severity_text: "WARN".into(),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue("events dropped".into())),
+        }),
+        attributes: vec![
+            kv_str("k8s.node.name", node_name),
+            kv_str("varmor.sink", SINK_NAME),
+            kv_int("varmor.dropped", i64::try_from(dropped).unwrap_or(i64::MAX)),
+        ],
+        event_name: "varmor.events_dropped".into(),
+        ..Default::default()
+    }
+}
+
+/// `event_json` as a body: the JSON value as an `AnyValue` (objects as kvlists), an empty
+/// kvlist when empty, or the text as a string when it is not JSON.
+pub fn event_body(json: &str) -> AnyValue {
+    if json.trim().is_empty() {
+        return AnyValue {
+            value: Some(any_value::Value::KvlistValue(KeyValueList::default())),
+        };
+    }
+    match serde_json::from_str::<JsonAny>(json) {
+        Ok(JsonAny(v)) => v,
+        Err(_) => AnyValue {
+            value: Some(any_value::Value::StringValue(json.to_string())),
+        },
+    }
+}
+
+/// Deserializes JSON straight into an `AnyValue` (no intermediate `serde_json::Value`).
+struct JsonAny(AnyValue);
+
+impl<'de> Deserialize<'de> for JsonAny {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonAnyVisitor).map(JsonAny)
+    }
+}
+
+struct JsonAnyVisitor;
+
+fn any(v: any_value::Value) -> AnyValue {
+    AnyValue { value: Some(v) }
+}
+
+impl<'de> Visitor<'de> for JsonAnyVisitor {
+    type Value = AnyValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<AnyValue, E> {
+        Ok(any(any_value::Value::BoolValue(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<AnyValue, E> {
+        Ok(any(any_value::Value::IntValue(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<AnyValue, E> {
+        // Beyond i64 an exact integer is not representable; keep the digits as text.
+        Ok(any(match i64::try_from(v) {
+            Ok(i) => any_value::Value::IntValue(i),
+            Err(_) => any_value::Value::StringValue(v.to_string()),
+        }))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<AnyValue, E> {
+        Ok(any(any_value::Value::DoubleValue(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<AnyValue, E> {
+        Ok(any(any_value::Value::StringValue(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<AnyValue, E> {
+        Ok(any(any_value::Value::StringValue(v)))
+    }
+    fn visit_unit<E>(self) -> Result<AnyValue, E> {
+        Ok(AnyValue { value: None })
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnyValue, A::Error> {
+        let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+        while let Some(JsonAny(v)) = seq.next_element()? {
+            values.push(v);
+        }
+        Ok(any(any_value::Value::ArrayValue(ArrayValue { values })))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnyValue, A::Error> {
+        let mut values = Vec::with_capacity(map.size_hint().unwrap_or(4));
+        while let Some((key, JsonAny(v))) = map.next_entry::<String, JsonAny>()? {
+            values.push(KeyValue {
+                key,
+                value: Some(v),
+                ..Default::default()
+            });
+        }
+        Ok(any(any_value::Value::KvlistValue(KeyValueList { values })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &AnyValue) -> &str {
+        match &v.value {
+            Some(any_value::Value::StringValue(s)) => s,
+            other => panic!("not a string: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn event_json_becomes_a_kvlist_body() {
+        let body = event_body(
+            r#"{"operation":"File","permissions":["read","write"],"n":-3,"big":18446744073709551615,"x":1.5,"ok":true,"none":null}"#,
+        );
+        let Some(any_value::Value::KvlistValue(list)) = body.value else {
+            panic!("not a kvlist");
+        };
+        let keys: Vec<&str> = list.values.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["operation", "permissions", "n", "big", "x", "ok", "none"]
+        );
+        let val = |i: usize| list.values[i].value.clone().expect("value").value;
+        assert_eq!(s(list.values[0].value.as_ref().unwrap()), "File");
+        let Some(any_value::Value::ArrayValue(a)) = val(1) else {
+            panic!("not an array")
+        };
+        assert_eq!(
+            a.values.iter().map(s).collect::<Vec<_>>(),
+            ["read", "write"]
+        );
+        assert_eq!(val(2), Some(any_value::Value::IntValue(-3)));
+        assert_eq!(
+            val(3),
+            Some(any_value::Value::StringValue("18446744073709551615".into()))
+        );
+        assert_eq!(val(4), Some(any_value::Value::DoubleValue(1.5)));
+        assert_eq!(val(5), Some(any_value::Value::BoolValue(true)));
+        assert_eq!(val(6), None);
+        assert_eq!(s(&event_body("not json")), "not json");
+        assert_eq!(
+            event_body(" ").value,
+            Some(any_value::Value::KvlistValue(KeyValueList::default()))
+        );
+    }
+
+    #[test]
+    fn severity_follows_the_action() {
+        assert_eq!(severity("DENIED").1, "WARN");
+        assert_eq!(severity("AUDIT").1, "INFO");
+        assert_eq!(severity("AUDIT|ALLOWED").0, SeverityNumber::Info);
+    }
+
+    #[test]
+    fn settings_are_checked_with_their_name() {
+        let _rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _guard = _rt.enter();
+        let mut c = OtlpConfig::new("collector:4317", "n1");
+        let e = OtlpExporter::new(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("setting endpoint") && e.contains("http://"),
+            "{e}"
+        );
+        c.endpoint = "http://collector:4317".into();
+        c.headers = vec![("bad header".into(), "v".into())];
+        let e = OtlpExporter::new(&c).unwrap_err().to_string();
+        assert!(e.contains("setting headers"), "{e}");
+        c.headers = vec![OtlpConfig::parse_header("Authorization = Bearer x").unwrap()];
+        assert_eq!(c.headers[0].0, "authorization");
+        c.batch_size = 0;
+        let e = OtlpExporter::new(&c).unwrap_err().to_string();
+        assert!(e.contains("batch_size"), "{e}");
+        c.batch_size = 1;
+        c.ca_file = Some("/nonexistent".into());
+        let e = OtlpExporter::new(&c).unwrap_err().to_string();
+        assert!(e.contains("plain http://"), "{e}");
+        c.endpoint = "https://collector:4317".into();
+        let e = OtlpExporter::new(&c).unwrap_err().to_string();
+        assert!(e.contains("CA bundle /nonexistent"), "{e}");
+        assert!(OtlpConfig::parse_header("novalue").is_err());
+        assert!(
+            !format!("{c:?}").contains("Bearer"),
+            "header values stay out of logs"
+        );
+    }
+}
