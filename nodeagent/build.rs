@@ -16,7 +16,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["varmor", "probe"];
+/// `baseline` is the benchmark's vArmor-style linear matcher (only `benches/` embeds it).
+const PROGRAMS: &[&str] = &["varmor", "probe", "baseline"];
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));

@@ -4,7 +4,9 @@
 //! * an empty LSM program on the same hooks (the floor),
 //! * the enforcer attached, the process not confined (every other process on a node),
 //! * the process confined by RuntimeDefault, by every built-in rule plus 1,024 raw file rules,
-//!   and by 1, 64 and 1,024 raw rules per type (files, programs, egress).
+//!   and by 1, 64 and 1,024 raw rules per type (files, programs, egress);
+//! * side by side, a baseline that matches the same 64 rules per type one by one with a fixed
+//!   prefix and suffix compare (as vArmor does; `bpf-programs/baseline.bpf.c`).
 //!
 //! All are measured side by side in one run, in rounds, and printed as ratios to the
 //! unconfined cost and as overhead relative to the floor's overhead. Under emulation (TCG)
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aya::maps::{Array, HashMap as BpfHashMap};
 use aya::programs::Lsm;
 use aya::{Btf, EbpfLoader};
 use varmor_agent::containers::ContainerInfo;
@@ -33,6 +36,9 @@ use varmor_policy::proto::RevisedBundle;
 use varmor_policy::{compile, parse_documents, NodeFacts, PolicyIdentity, ProfileBundle};
 
 const PIN_ROOT: &str = "/sys/fs/bpf/varmor-bench";
+/// The linear-scan baseline (`bpf-programs/baseline.bpf.c`, built by the agent's build script).
+static BASELINE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline.bpf.o"));
 const SHORT: &str = "/bench/f.txt";
 /// A 200-byte path.
 fn long_path() -> String {
@@ -298,6 +304,84 @@ fn attach_empty() -> EmptyPrograms {
     EmptyPrograms { _ebpf: ebpf }
 }
 
+/// The baseline programs with `n` rules per type (the rules of [`n_rules`]), confining the
+/// mount namespace `ns`; detached when dropped.
+fn attach_baseline(n: usize, ns: u32) -> aya::Ebpf {
+    const AFFIX: usize = 64;
+    let btf = Btf::from_sys_fs().expect("btf");
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .load(BASELINE_OBJECT)
+        .expect("baseline object");
+    // struct b_rule: prefix[64], suffix[64], plen, slen, perms, pad.
+    let rule = |prefix: &str, suffix: &str, perms: u32| {
+        let mut r = [0u8; 2 * AFFIX + 16];
+        r[..prefix.len()].copy_from_slice(prefix.as_bytes());
+        r[AFFIX..AFFIX + suffix.len()].copy_from_slice(suffix.as_bytes());
+        r[2 * AFFIX..2 * AFFIX + 4].copy_from_slice(&(prefix.len() as u32).to_ne_bytes());
+        r[2 * AFFIX + 4..2 * AFFIX + 8].copy_from_slice(&(suffix.len() as u32).to_ne_bytes());
+        r[2 * AFFIX + 8..2 * AFFIX + 12].copy_from_slice(&perms.to_ne_bytes());
+        r
+    };
+    {
+        let mut files: Array<_, [u8; 2 * AFFIX + 16]> =
+            Array::try_from(ebpf.map_mut("b_file_rules").expect("b_file_rules")).expect("array");
+        for i in 0..n {
+            // /srv/app{i}/**/*.key: prefix and suffix, as vArmor splits it.
+            files
+                .set(i as u32, rule(&format!("/srv/app{i}/"), ".key", 4 | 2), 0)
+                .expect("file rule");
+        }
+    }
+    {
+        let mut execs: Array<_, [u8; 2 * AFFIX + 16]> =
+            Array::try_from(ebpf.map_mut("b_exec_rules").expect("b_exec_rules")).expect("array");
+        for i in 0..n {
+            execs
+                .set(i as u32, rule(&format!("/opt/tool{i}/"), "", 1), 0)
+                .expect("exec rule");
+        }
+    }
+    {
+        // struct b_net_rule: addr, mask, port, pad.
+        let mut nets: Array<_, [u32; 4]> =
+            Array::try_from(ebpf.map_mut("b_net_rules").expect("b_net_rules")).expect("array");
+        for i in 0..n {
+            let addr = u32::from_be_bytes([10, (i / 256) as u8, (i % 256) as u8, 1]);
+            nets.set(i as u32, [addr, u32::MAX, 0, 0], 0)
+                .expect("egress rule");
+        }
+    }
+    {
+        let mut counts: Array<_, u32> =
+            Array::try_from(ebpf.map_mut("b_counts").expect("b_counts")).expect("array");
+        for k in 0..3 {
+            counts.set(k, n as u32, 0).expect("count");
+        }
+    }
+    {
+        let mut containers: BpfHashMap<_, u32, u32> =
+            BpfHashMap::try_from(ebpf.map_mut("b_containers").expect("b_containers"))
+                .expect("hash");
+        containers.insert(ns, 1, 0).expect("container");
+    }
+    for (name, hook) in [
+        ("varmor_baseline_file_open", "file_open"),
+        ("varmor_baseline_bprm_check_security", "bprm_check_security"),
+        ("varmor_baseline_socket_connect", "socket_connect"),
+    ] {
+        let p: &mut Lsm = ebpf
+            .program_mut(name)
+            .expect("program")
+            .try_into()
+            .expect("lsm");
+        p.load(hook, &btf)
+            .unwrap_or_else(|e| panic!("load {name}: {e:?}"));
+        p.attach().expect("attach");
+    }
+    ebpf
+}
+
 fn main() {
     if std::env::var_os("VARMOR_BENCH_CHILD").is_some() {
         child_main();
@@ -382,57 +466,82 @@ fn main() {
                 .push(v);
         }
     };
-    let mut verified = Vec::new();
+    // Rows without the enforcer (unconfined, the floor, the linear scan) are measured before it
+    // is loaded and again after it is gone; the enforcer is loaded once (seconds under
+    // emulation) and each round binds the process to each profile in turn.
+    let started = Instant::now();
+    let plain = |m: &mut Measured, record: &mut dyn FnMut(&str, &mut Measured), when: &str| {
+        for round in 0..rounds {
+            eprintln!(
+                "{when} the enforcer: round {}/{rounds} ({:.0}s)",
+                round + 1,
+                started.elapsed().as_secs_f64()
+            );
+            m.run("open", 1000, SHORT);
+            record("a unconfined", m);
+            {
+                let _empty = attach_empty();
+                record("b empty LSM program", m);
+            }
+            {
+                let _baseline = attach_baseline(64, m.ns);
+                record("e linear-scan baseline, 64 rules/type", m);
+            }
+        }
+    };
+    plain(&mut m, &mut record, "before");
+    let _ = destroy_pins(Path::new(PIN_ROOT));
+    let e = BpfEnforcer::for_host(
+        &HostFs::new("/"),
+        BpfOptions {
+            pin_root: PIN_ROOT.into(),
+            event_thread: false,
+            grace: Duration::ZERO,
+        },
+    );
+    assert!(e.capability().available, "{}", e.capability().reason);
+    let verified: Vec<(String, Option<u32>)> = e
+        .programs()
+        .iter()
+        .map(|p| (p.name.clone(), p.verified_instructions))
+        .collect();
+    let base = compile_yaml(&yaml("RuntimeDefault", ""));
+    for (i, (_, profile)) in profiles.iter().enumerate() {
+        let mut b = base.clone();
+        b.profile_name = format!("bench-{i}");
+        b.bpf = Some(profile.clone());
+        let o = rt.block_on(e.apply(&RevisedBundle {
+            bundle: b,
+            revision: 1,
+        }));
+        assert_eq!(o.status, ResultStatus::Applied, "{o:?}");
+    }
+    let info = ContainerInfo {
+        id: "bench".into(),
+        mnt_ns_id: m.ns,
+        ..Default::default()
+    };
     for round in 0..rounds {
-        eprintln!("round {}/{rounds}", round + 1);
+        eprintln!(
+            "enforcer: round {}/{rounds} ({:.0}s)",
+            round + 1,
+            started.elapsed().as_secs_f64()
+        );
+        rt.block_on(e.unbind(&info));
         // Warm up caches once per round.
         m.run("open", 1000, SHORT);
-        record("a unconfined", &mut m);
-        {
-            let _empty = attach_empty();
-            record("b empty LSM program", &mut m);
-        }
-        let _ = destroy_pins(Path::new(PIN_ROOT));
-        let e = BpfEnforcer::for_host(
-            &HostFs::new("/"),
-            BpfOptions {
-                pin_root: PIN_ROOT.into(),
-                event_thread: false,
-                grace: Duration::ZERO,
-            },
-        );
-        assert!(e.capability().available, "{}", e.capability().reason);
-        if verified.is_empty() {
-            verified = e
-                .programs()
-                .iter()
-                .map(|p| (p.name.clone(), p.verified_instructions))
-                .collect();
-        }
         record("c enforcer, process not confined", &mut m);
-        let base = compile_yaml(&yaml("RuntimeDefault", ""));
-        for (i, (name, profile)) in profiles.iter().enumerate() {
-            let mut b = base.clone();
-            b.profile_name = format!("bench-{i}");
-            b.bpf = Some(profile.clone());
-            let o = rt.block_on(e.apply(&RevisedBundle {
-                bundle: b,
-                revision: 1,
-            }));
-            assert_eq!(o.status, ResultStatus::Applied, "{o:?}");
-            let info = ContainerInfo {
-                id: "bench".into(),
-                mnt_ns_id: m.ns,
-                ..Default::default()
-            };
+        for (i, (name, _)) in profiles.iter().enumerate() {
             let o = rt.block_on(e.bind(&info, &format!("bench-{i}")));
             assert_eq!(o.status, ResultStatus::Applied, "{o:?}");
             record(&format!("d{i} {name}"), &mut m);
             let _ = e.read_events();
         }
-        drop(e);
-        destroy_pins(Path::new(PIN_ROOT)).expect("detach");
     }
+    drop(e);
+    destroy_pins(Path::new(PIN_ROOT)).expect("detach");
+    plain(&mut m, &mut record, "after");
+    eprintln!("measured in {:.0}s", started.elapsed().as_secs_f64());
     drop(m);
     let d = cs(root.to_str().expect("utf8"));
     unsafe { libc::umount2(d.as_ptr(), libc::MNT_DETACH) };
@@ -476,11 +585,34 @@ fn main() {
     }
     println!("\nNxF: overhead over unconfined as a multiple of the empty program's overhead (the floor).");
     let one = &results["d2 1 rule/type"];
+    let sixty_four = &results["d3 64 rules/type"];
     let many = &results["d4 1024 rules/type"];
+    let scan = &results["e linear-scan baseline, 64 rules/type"];
+    let overhead =
+        |r: &BTreeMap<&str, Vec<f64>>, label: &str| median(&r[label]) - median(&base[label]);
+    println!("\nGoals: 1,024 rules <= 1.10x 1 rule; 64-rule overhead <= 2x the floor's and below the linear scan's.");
+    println!(
+        "{:<12}{:>22}{:>26}{:>26}{:>22}",
+        "operation",
+        "1,024 vs 1 rule",
+        "64 rules ovh / floor ovh",
+        "64 rules vs linear scan",
+        "ovh vs scan ovh"
+    );
     for (label, ..) in &ops {
         println!(
-            "{label}: 1,024 rules/type vs 1 rule/type: {:.2}x",
-            median(&many[label]) / median(&one[label])
+            "{:<12}{:>22}{:>26}{:>26}{:>22}",
+            label,
+            format!("{:.2}x", median(&many[label]) / median(&one[label])),
+            format!(
+                "{:.2}x",
+                overhead(sixty_four, label) / overhead(floor, label)
+            ),
+            format!("{:.2}x", median(&sixty_four[label]) / median(&scan[label])),
+            format!(
+                "{:.2}x",
+                overhead(sixty_four, label) / overhead(scan, label)
+            ),
         );
     }
 }

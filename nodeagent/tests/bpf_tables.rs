@@ -52,44 +52,11 @@ fn corpus_tables_give_the_reference_verdicts() {
 
 #[test]
 fn a_thousand_rules_of_each_kind_fit() {
-    let mut rules = String::from("      privileged: true\n      bpfRawRules:\n        files:\n");
-    for i in 0..1024 {
-        rules.push_str(&format!(
-            "        - pattern: /srv/app{i}/**/*.key\n          permissions: [read]\n"
-        ));
-    }
-    rules.push_str("        processes:\n");
-    for i in 0..1024 {
-        rules.push_str(&format!(
-            "        - pattern: /opt/bin{i}/*\n          permissions: [exec]\n"
-        ));
-    }
-    rules.push_str("        network:\n          sockets:\n");
-    for i in 0..1024 {
-        rules.push_str(&format!(
-            "          - protocols: [tcp]\n            domains: [{}]\n",
-            ["inet", "inet6", "unix", "netlink"][i % 4]
-        ));
-    }
-    rules.push_str("          egress:\n            toDestinations:\n");
-    for i in 0..1024 {
-        rules.push_str(&format!("            - ip: 10.{}.{}.1\n", i / 256, i % 256));
-    }
-    rules.push_str("        mounts:\n");
-    for i in 0..1024 {
-        rules.push_str(&format!(
-            "        - sourcePattern: /mnt/m{i}/**\n          fstype: \"*\"\n          flags: [bind]\n"
-        ));
-    }
-    let profile = profile_of(&policy_yaml("EnhanceProtect", &rules));
+    let case = thousand_rules_case();
+    let profile = &case.profile;
     assert!(profile.files.len() >= 2048 && profile.egress.len() >= 1024);
-    let enc = encode(&profile).expect("encode");
+    let enc = encode(profile).expect("encode");
     assert!(enc.blob.len() < VA_MAX_BLOB_VALUES as usize);
-    let case = Case {
-        name: "1024-rules".into(),
-        profile,
-        pod_ips: vec![],
-    };
     let mut accesses = Vec::new();
     for i in [0, 1, 511, 1023, 1024] {
         for path in [

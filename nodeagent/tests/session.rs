@@ -197,12 +197,29 @@ async fn supported_kernel_writes_seccomp_and_never_claims_unbuilt_loaders() {
     let ack = gw.next_ack().await;
     let (status, message) = result_of(&ack, E::Bpf);
     assert_eq!(status, S::Unavailable, "bpf: {message}");
+    // AppArmor is loaded for real: with this machine's apparmor_parser the fake securityfs
+    // refuses the profile (FAILED with the parser's stderr, nothing stored); without one the
+    // node reports AppArmor unavailable and says why. Never APPLIED, never "not implemented".
+    let apparmor_file = node
+        .host_root()
+        .join("var/lib/varmor/apparmor/varmor-demo-a");
     let (status, message) = result_of(&ack, E::Apparmor);
-    assert_eq!(status, S::Failed, "apparmor: {message}");
-    assert!(
-        message.contains("not implemented in this version"),
-        "{message}"
-    );
+    assert!(!message.contains("not implemented"), "{message}");
+    match status {
+        S::Failed => {
+            assert!(
+                message.contains("apparmor_parser") && message.contains("nothing was loaded"),
+                "apparmor: {message}"
+            );
+            assert!(caps.apparmor.as_ref().unwrap().available);
+        }
+        S::Unavailable => {
+            assert!(message.contains("apparmor_parser was not found"), "{message}");
+            assert!(!caps.apparmor.as_ref().unwrap().available);
+        }
+        other => panic!("apparmor: {other:?} {message}"),
+    }
+    assert!(!apparmor_file.exists(), "a refused profile is not stored");
     assert_eq!(result_of(&ack, E::Seccomp).0, S::Applied);
     let file = node.seccomp_dir().join("varmor-demo-a");
     assert!(std::fs::read_to_string(&file).unwrap().contains("\"v1\""));

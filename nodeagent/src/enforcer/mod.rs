@@ -4,10 +4,11 @@
 //! it, report whether the kernel can run it, and bind or unbind a container. Kernel-facing code
 //! stays in the implementations; [`RecordingEnforcer`] is an in-memory one for tests.
 //!
-//! In this version the Seccomp enforcer writes its profile files; AppArmor and BPF-LSM probe the
-//! kernel and answer `UNAVAILABLE` (with the probe's reason) or `FAILED` ("not implemented in
-//! this version") — never `APPLIED` for something that is not enforced.
+//! The Seccomp enforcer writes its profile files, the AppArmor enforcer loads its profiles with
+//! `apparmor_parser`, BPF-LSM loads its programs; each answers `UNAVAILABLE` with the probe's
+//! reason when the kernel lacks support — never `APPLIED` for something that is not enforced.
 
+mod apparmor;
 pub mod bpf;
 pub mod probe;
 mod probe_only;
@@ -24,6 +25,7 @@ use varmor_proto::v1;
 use crate::containers::ContainerInfo;
 use crate::host::HostFs;
 
+pub use apparmor::{AppArmorEnforcer, AppArmorOptions};
 pub use bpf::{BpfEnforcer, BpfOptions};
 pub use probe::Probe;
 pub use probe_only::ProbeOnlyEnforcer;
@@ -259,10 +261,15 @@ impl Enforcers {
 
     /// The enforcers of this agent version for a host: Seccomp writes profiles into
     /// `seccomp_dir`; BPF-LSM loads its programs when the kernel can run them (else it answers
-    /// `UNAVAILABLE` with the probe's reason); AppArmor only probes (its loader comes later).
-    pub fn for_host(host: &HostFs, seccomp_dir: std::path::PathBuf) -> Self {
+    /// `UNAVAILABLE` with the probe's reason); AppArmor is the given enforcer (the agent keeps a
+    /// handle to sweep its orphans, see [`AppArmorEnforcer::remove_orphans`]).
+    pub fn for_host(
+        host: &HostFs,
+        seccomp_dir: std::path::PathBuf,
+        apparmor: Arc<AppArmorEnforcer>,
+    ) -> Self {
         Self::new([
-            Arc::new(ProbeOnlyEnforcer::apparmor(host)) as Arc<dyn Enforcer>,
+            apparmor as Arc<dyn Enforcer>,
             Arc::new(BpfEnforcer::for_host(host, BpfOptions::default())) as Arc<dyn Enforcer>,
             Arc::new(SeccompEnforcer::new(host, seccomp_dir)) as Arc<dyn Enforcer>,
         ])

@@ -83,6 +83,18 @@ fn sleeper(uid: u32) -> i32 {
 struct Helper {
     udp4: i32,
     udp6: i32,
+    /// Opened before the chroot (-1 when unavailable): AppArmor's `.remove` (CAP_MAC_ADMIN),
+    /// `ns_last_pid` (CAP_CHECKPOINT_RESTORE), an epoll instance and its fdinfo
+    /// (CAP_BLOCK_SUSPEND), audit netlink sockets for requests and for the log group
+    /// (CAP_AUDIT_WRITE, CAP_AUDIT_CONTROL, CAP_AUDIT_READ), a message queue of another user
+    /// (CAP_IPC_OWNER).
+    aa_remove: i32,
+    ns_last_pid: i32,
+    epoll: i32,
+    epoll_info: i32,
+    audit: i32,
+    audit_mc: i32,
+    foreign_msq: i32,
     /// A UDP socket already bound to a device: binding it again needs CAP_NET_RAW.
     bound: i32,
     pool: Vec<i32>,
@@ -281,15 +293,303 @@ fn cap_trigger(h: &mut Helper, cap: u32) -> i32 {
                     errno()
                 }
             }),
+            4 => {
+                // chmod g+s of a file whose group the caller is not in: without CAP_FSETID the
+                // kernel silently clears the bit (reported here as EPERM).
+                let p = cs("/capwork/sgid");
+                if libc::chmod(p.as_ptr(), 0o2755) != 0 {
+                    return errno();
+                }
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::stat(p.as_ptr(), &mut st);
+                libc::chmod(p.as_ptr(), 0o755);
+                if st.st_mode & libc::S_ISGID == 0 {
+                    libc::EPERM
+                } else {
+                    0
+                }
+            }
+            9 => {
+                // FS_IOC_SETFLAGS with FS_IMMUTABLE_FL (tmpfs supports it since 6.0).
+                let p = cs(&format!("/capwork/immutable{n}"));
+                let fd = libc::open(p.as_ptr(), libc::O_CREAT | libc::O_RDONLY, 0o644);
+                if fd < 0 {
+                    return errno();
+                }
+                const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+                let mut flags: i32 = 0x10;
+                let r = ret(libc::ioctl(fd, FS_IOC_SETFLAGS, &mut flags) as i64);
+                if r == 0 {
+                    flags = 0;
+                    libc::ioctl(fd, FS_IOC_SETFLAGS, &mut flags);
+                }
+                libc::close(fd);
+                r
+            }
+            15 => {
+                // IPC_STAT of a queue created by another user with mode 0600 (EACCES).
+                if h.foreign_msq < 0 {
+                    return 252;
+                }
+                let mut ds: libc::msqid_ds = std::mem::zeroed();
+                ret(libc::msgctl(h.foreign_msq, libc::IPC_STAT, &mut ds) as i64)
+            }
+            28 => {
+                // A read lease on a file the caller does not own (EACCES).
+                let p = cs("/capwork/foreign");
+                let fd = libc::open(p.as_ptr(), libc::O_RDONLY);
+                if fd < 0 {
+                    return errno();
+                }
+                let r = ret(libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) as i64);
+                if r == 0 {
+                    libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+                }
+                libc::close(fd);
+                r
+            }
+            // The audit requests run in the helper itself: the kernel checks the socket's
+            // opener credential, which must be the task's own.
+            29 => audit_request(h.audit, 1005, b"varmor-kt\0"), // AUDIT_USER
+            30 => audit_request(h.audit, 1000, &[]),            // AUDIT_GET
+            33 => {
+                // Removing a profile through AppArmor's policy interface (EACCES without
+                // CAP_MAC_ADMIN, ENOENT for a profile that does not exist).
+                if h.aa_remove < 0 {
+                    return 252;
+                }
+                let name = b"varmor-kt-no-such-profile\n";
+                let r = libc::write(
+                    h.aa_remove,
+                    name.as_ptr() as *const libc::c_void,
+                    name.len(),
+                );
+                ret(r as i64)
+            }
+            36 => {
+                // EPOLLWAKEUP without CAP_BLOCK_SUSPEND is silently dropped (reported as
+                // EPERM): read the registered events back from fdinfo.
+                if h.epoll < 0 || h.epoll_info < 0 {
+                    return 252;
+                }
+                let mut ev = libc::epoll_event {
+                    events: (libc::EPOLLIN | libc::EPOLLWAKEUP) as u32,
+                    u64: 0,
+                };
+                if libc::epoll_ctl(h.epoll, libc::EPOLL_CTL_ADD, h.udp4, &mut ev) != 0 {
+                    return errno();
+                }
+                let mut buf = [0u8; 512];
+                let n = libc::pread(
+                    h.epoll_info,
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                );
+                libc::epoll_ctl(h.epoll, libc::EPOLL_CTL_DEL, h.udp4, &mut ev);
+                if n <= 0 {
+                    return 251;
+                }
+                let text = String::from_utf8_lossy(&buf[..n as usize]);
+                let events = text
+                    .lines()
+                    .find(|l| l.starts_with("tfd:"))
+                    .and_then(|l| l.split_whitespace().skip_while(|w| *w != "events:").nth(1))
+                    .and_then(|w| u32::from_str_radix(w, 16).ok());
+                match events {
+                    Some(e) if e & libc::EPOLLWAKEUP as u32 != 0 => 0,
+                    Some(_) => libc::EPERM,
+                    None => 251,
+                }
+            }
+            37 => {
+                // Joining the audit log multicast group.
+                if h.audit_mc < 0 {
+                    return 252;
+                }
+                let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+                let mut len = std::mem::size_of::<libc::sockaddr_nl>() as u32;
+                libc::getsockname(
+                    h.audit_mc,
+                    &mut sa as *mut _ as *mut libc::sockaddr,
+                    &mut len,
+                );
+                sa.nl_groups = 1; // AUDIT_NLGRP_READLOG
+                ret(libc::bind(
+                    h.audit_mc,
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_nl>() as u32,
+                ) as i64)
+            }
+            38 => in_child(|| {
+                // perf_event_open needs CAP_PERFMON (or CAP_SYS_ADMIN, taken out of the way)
+                // under Debian's perf_event_paranoid.
+                drop_effective(&[21]);
+                let mut attr = [0u64; 16];
+                attr[0] = 1 | (128 << 32); // PERF_TYPE_SOFTWARE, size
+                attr[1] = 9; // PERF_COUNT_SW_DUMMY
+                attr[5] = 1; // disabled
+                let fd = libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0);
+                if fd >= 0 {
+                    libc::close(fd as i32);
+                    0
+                } else {
+                    errno()
+                }
+            }),
+            40 => {
+                // Writing ns_last_pid (its own value back) needs CAP_CHECKPOINT_RESTORE (or
+                // CAP_SYS_ADMIN, taken out of the way).
+                if h.ns_last_pid < 0 {
+                    return 252;
+                }
+                let fd = h.ns_last_pid;
+                in_child(|| {
+                    drop_effective(&[21]);
+                    let mut buf = [0u8; 32];
+                    let n = libc::pread(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
+                    if n <= 0 {
+                        return 251;
+                    }
+                    ret(libc::pwrite(fd, buf.as_ptr() as *const libc::c_void, n as usize, 0) as i64)
+                })
+            }
             _ => 253,
         }
     }
 }
 
+/// Sends one audit netlink request with an acknowledgement and returns the errno the kernel
+/// acknowledges it with (251 when no acknowledgement came).
+fn audit_request(fd: i32, kind: u16, payload: &[u8]) -> i32 {
+    if fd < 0 {
+        return 252;
+    }
+    let len = 16 + payload.len();
+    let mut msg = vec![0u8; (len + 3) & !3];
+    msg[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    msg[4..6].copy_from_slice(&kind.to_ne_bytes());
+    msg[6..8].copy_from_slice(&(1u16 | 4).to_ne_bytes()); // NLM_F_REQUEST | NLM_F_ACK
+    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    msg[16..len].copy_from_slice(payload);
+    unsafe {
+        let mut to: libc::sockaddr_nl = std::mem::zeroed();
+        to.nl_family = libc::AF_NETLINK as u16;
+        let r = libc::sendto(
+            fd,
+            msg.as_ptr() as *const libc::c_void,
+            msg.len(),
+            0,
+            &to as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        );
+        if r < 0 {
+            return errno();
+        }
+        // The kernel answers within sendto: every reply is queued already.
+        let mut buf = [0u8; 8192];
+        for _ in 0..8 {
+            let n = libc::recv(
+                fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            );
+            if n < 0 {
+                return 251;
+            }
+            let mut at = 0usize;
+            while at + 16 <= n as usize {
+                let l = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+                let t = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+                if t == 2 && at + 20 <= n as usize {
+                    // NLMSG_ERROR: a negative errno, 0 for an acknowledgement.
+                    let e = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
+                    return -e;
+                }
+                if l < 16 {
+                    break;
+                }
+                at += (l + 3) & !3;
+            }
+        }
+    }
+    251
+}
+
+/// Opens what some capability triggers need from outside the root (before the chroot).
+fn outside_fds() -> (i32, i32, i32, i32, i32, i32, i32) {
+    unsafe {
+        let aa = cs("/sys/kernel/security/apparmor/.remove");
+        let aa_remove = libc::open(aa.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        let nlp = cs("/proc/sys/kernel/ns_last_pid");
+        let ns_last_pid = libc::open(nlp.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        let epoll = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        let epoll_info = if epoll >= 0 {
+            let p = cs(&format!("/proc/self/fdinfo/{epoll}"));
+            libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
+        } else {
+            -1
+        };
+        let audit_socket = || {
+            let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 9);
+            if fd >= 0 {
+                let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+                sa.nl_family = libc::AF_NETLINK as u16;
+                libc::bind(
+                    fd,
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_nl>() as u32,
+                );
+            }
+            fd
+        };
+        let audit = audit_socket();
+        let audit_mc = audit_socket();
+        // A message queue created by uid 1234 with mode 0600, its id sent through a pipe.
+        let mut pipe = [0i32; 2];
+        libc::pipe(pipe.as_mut_ptr());
+        let pid = libc::fork();
+        if pid == 0 {
+            libc::setgid(1234);
+            libc::setuid(1234);
+            let id = libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600);
+            libc::write(pipe[1], &id as *const i32 as *const libc::c_void, 4);
+            libc::_exit(0);
+        }
+        let mut id: i32 = -1;
+        libc::read(pipe[0], &mut id as *mut i32 as *mut libc::c_void, 4);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+        (
+            aa_remove,
+            ns_last_pid,
+            epoll,
+            epoll_info,
+            audit,
+            audit_mc,
+            id,
+        )
+    }
+}
+
 /// The capabilities [`cap_trigger`] can exercise.
 pub const TRIGGERED_CAPS: &[u32] = &[
-    0, 1, 2, 3, 5, 6, 7, 8, 10, 12, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 31, 34,
-    35, 39,
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
+    27, 28, 29, 30, 31, 33, 34, 35, 36, 37, 38, 39, 40,
+];
+
+/// The capabilities no trigger can exercise, and why.
+pub const UNTRIGGERABLE_CAPS: &[(u32, &str)] = &[
+    (
+        11,
+        "CAP_NET_BROADCAST is declared but never checked by Linux",
+    ),
+    (
+        32,
+        "CAP_MAC_OVERRIDE is only checked by SMACK, which this kernel does not run",
+    ),
 ];
 
 fn sockaddr(family: &str, ip: &str, port: u16) -> (libc::sockaddr_in6, u32) {
@@ -495,6 +795,9 @@ fn run(h: &mut Helper, words: &[&str]) -> String {
                             ok += 1;
                             libc::close(fd);
                         }
+                        // About a thousand opens a second: steady load that leaves the
+                        // emulated CPUs to the agent being restarted.
+                        std::thread::sleep(std::time::Duration::from_millis(1));
                     }
                     (tries, ok)
                 });
@@ -518,6 +821,7 @@ fn run(h: &mut Helper, words: &[&str]) -> String {
 pub fn main() {
     let root = std::env::var("VARMOR_KT_ROOT").expect("VARMOR_KT_ROOT");
     let mnt;
+    let fds;
     unsafe {
         assert_eq!(
             libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS),
@@ -539,6 +843,7 @@ pub fn main() {
             0,
             "make / private"
         );
+        fds = outside_fds();
         let r = cs(&root);
         assert_eq!(libc::chroot(r.as_ptr()), 0, "chroot {root}");
         assert_eq!(libc::chdir(slash.as_ptr()), 0, "chdir");
@@ -562,9 +867,17 @@ pub fn main() {
         .collect();
     let same = sleeper(0);
     let foreign = sleeper(1234);
+    let (aa_remove, ns_last_pid, epoll, epoll_info, audit, audit_mc, foreign_msq) = fds;
     let mut h = Helper {
         udp4,
         udp6,
+        aa_remove,
+        ns_last_pid,
+        epoll,
+        epoll_info,
+        audit,
+        audit_mc,
+        foreign_msq,
         bound,
         pool,
         foreign,

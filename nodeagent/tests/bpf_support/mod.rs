@@ -229,6 +229,50 @@ pub fn corpus() -> Vec<Case> {
     out
 }
 
+/// 1,024 rules of each kind (files, programs, sockets, egress, mounts): the capacity the
+/// enforcer promises per profile.
+pub fn thousand_rules_yaml() -> String {
+    let mut rules = String::from("      privileged: true\n      bpfRawRules:\n        files:\n");
+    for i in 0..1024 {
+        rules.push_str(&format!(
+            "        - pattern: /srv/app{i}/**/*.key\n          permissions: [read]\n"
+        ));
+    }
+    rules.push_str("        processes:\n");
+    for i in 0..1024 {
+        rules.push_str(&format!(
+            "        - pattern: /opt/bin{i}/*\n          permissions: [exec]\n"
+        ));
+    }
+    rules.push_str("        network:\n          sockets:\n");
+    for i in 0..1024 {
+        rules.push_str(&format!(
+            "          - protocols: [tcp]\n            domains: [{}]\n",
+            ["inet", "inet6", "unix", "netlink"][i % 4]
+        ));
+    }
+    rules.push_str("          egress:\n            toDestinations:\n");
+    for i in 0..1024 {
+        rules.push_str(&format!("            - ip: 10.{}.{}.1\n", i / 256, i % 256));
+    }
+    rules.push_str("        mounts:\n");
+    for i in 0..1024 {
+        rules.push_str(&format!(
+            "        - sourcePattern: /mnt/m{i}/**\n          fstype: \"*\"\n          flags: [bind]\n"
+        ));
+    }
+    policy_yaml("EnhanceProtect", &rules)
+}
+
+/// The profile of [`thousand_rules_yaml`].
+pub fn thousand_rules_case() -> Case {
+    Case {
+        name: "1024-rules".into(),
+        profile: profile_of(&thousand_rules_yaml()),
+        pod_ips: vec![],
+    }
+}
+
 /// Gives the rules of a profile every action in turn, so deny, deny+audit, audit and complain
 /// rules overlap (the verdict tables are rebuilt).
 pub fn mix_actions(p: &mut BpfProfile) {

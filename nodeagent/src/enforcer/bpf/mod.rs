@@ -41,6 +41,9 @@ use layout::*;
 /// Where the enforcer pins its programs and maps by default.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/varmor";
 
+/// The most events one [`BpfEnforcer::read_events`] call returns.
+pub const MAX_EVENTS_PER_READ: usize = 8_192;
+
 /// Settings of the BPF enforcer.
 #[derive(Debug, Clone)]
 pub struct BpfOptions {
@@ -385,12 +388,15 @@ impl BpfEnforcer {
         }
     }
 
-    /// Drains the ring buffer (when the enforcer was created without an event thread).
+    /// Reads what the ring buffer holds (when the enforcer was created without an event
+    /// thread), at most [`MAX_EVENTS_PER_READ`] events: a container producing events as fast
+    /// as they are read cannot keep the caller here forever.
     pub fn read_events(&self) -> Vec<(BpfEvent, v1::Event)> {
         let mut out = Vec::new();
         let mut ring = lock(&self.ring);
         if let Some(ring) = ring.as_mut() {
-            while let Some(item) = ring.next() {
+            while out.len() < MAX_EVENTS_PER_READ {
+                let Some(item) = ring.next() else { break };
                 if let Some(ev) = BpfEvent::decode(&item) {
                     let e = to_event(&ev, &self.directory, self.boot_time);
                     out.push((ev, e));
