@@ -214,7 +214,10 @@ async fn supported_kernel_writes_seccomp_and_never_claims_unbuilt_loaders() {
             assert!(caps.apparmor.as_ref().unwrap().available);
         }
         S::Unavailable => {
-            assert!(message.contains("apparmor_parser was not found"), "{message}");
+            assert!(
+                message.contains("apparmor_parser was not found"),
+                "{message}"
+            );
             assert!(!caps.apparmor.as_ref().unwrap().available);
         }
         other => panic!("apparmor: {other:?} {message}"),
