@@ -1020,11 +1020,13 @@ int BPF_PROG(varmor_ptrace_access_check, struct task_struct *child, unsigned int
 	}
 	__u32 zero = 0;
 	struct va_config *cfg = bpf_map_lookup_elem(&v_config, &zero);
-	/* Tracers in the host's initial mount namespace are never denied on the traced side. */
-	if (cfg && cfg->init_mnt_ns && me == cfg->init_mnt_ns)
-		return result;
+	int host = cfg && cfg->init_mnt_ns && me == cfg->init_mnt_ns;
 	struct who w2 = {};
 	if (lookup_ns(peer, &w2)) {
+		/* Tracers in the host's initial mount namespace are never denied on the traced
+		 * side; a profile in complain mode still reports them, like every hooked operation. */
+		if (host && (!w2.h || w2.h->mode != VA_MODE_COMPLAIN))
+			return result;
 		if (ptrace_side(&w2, read ? VA_PTRACE_READBY : VA_PTRACE_TRACEBY, external, noaudit,
 				BPF_CORE_READ(child, tgid), VA_EVF_TRACED_SIDE))
 			result = -EPERM;

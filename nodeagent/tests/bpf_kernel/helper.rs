@@ -83,12 +83,10 @@ fn sleeper(uid: u32) -> i32 {
 struct Helper {
     udp4: i32,
     udp6: i32,
-    /// Opened before the chroot (-1 when unavailable): AppArmor's `.remove` (CAP_MAC_ADMIN),
-    /// `ns_last_pid` (CAP_CHECKPOINT_RESTORE), an epoll instance and its fdinfo
+    /// Opened before the chroot (-1 when unavailable): `ns_last_pid` (CAP_CHECKPOINT_RESTORE), an epoll instance and its fdinfo
     /// (CAP_BLOCK_SUSPEND), audit netlink sockets for requests and for the log group
     /// (CAP_AUDIT_WRITE, CAP_AUDIT_CONTROL, CAP_AUDIT_READ), a message queue of another user
     /// (CAP_IPC_OWNER).
-    aa_remove: i32,
     ns_last_pid: i32,
     epoll: i32,
     epoll_info: i32,
@@ -352,20 +350,6 @@ fn cap_trigger(h: &mut Helper, cap: u32) -> i32 {
             // opener credential, which must be the task's own.
             29 => audit_request(h.audit, 1005, b"varmor-kt\0"), // AUDIT_USER
             30 => audit_request(h.audit, 1000, &[]),            // AUDIT_GET
-            33 => {
-                // Removing a profile through AppArmor's policy interface (EACCES without
-                // CAP_MAC_ADMIN, ENOENT for a profile that does not exist).
-                if h.aa_remove < 0 {
-                    return 252;
-                }
-                let name = b"varmor-kt-no-such-profile\n";
-                let r = libc::write(
-                    h.aa_remove,
-                    name.as_ptr() as *const libc::c_void,
-                    name.len(),
-                );
-                ret(r as i64)
-            }
             36 => {
                 // EPOLLWAKEUP without CAP_BLOCK_SUSPEND is silently dropped (reported as
                 // EPERM): read the registered events back from fdinfo.
@@ -518,10 +502,8 @@ fn audit_request(fd: i32, kind: u16, payload: &[u8]) -> i32 {
 }
 
 /// Opens what some capability triggers need from outside the root (before the chroot).
-fn outside_fds() -> (i32, i32, i32, i32, i32, i32, i32) {
+fn outside_fds() -> (i32, i32, i32, i32, i32, i32) {
     unsafe {
-        let aa = cs("/sys/kernel/security/apparmor/.remove");
-        let aa_remove = libc::open(aa.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         let nlp = cs("/proc/sys/kernel/ns_last_pid");
         let ns_last_pid = libc::open(nlp.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
         let epoll = libc::epoll_create1(libc::EPOLL_CLOEXEC);
@@ -562,22 +544,14 @@ fn outside_fds() -> (i32, i32, i32, i32, i32, i32, i32) {
         libc::waitpid(pid, std::ptr::null_mut(), 0);
         libc::close(pipe[0]);
         libc::close(pipe[1]);
-        (
-            aa_remove,
-            ns_last_pid,
-            epoll,
-            epoll_info,
-            audit,
-            audit_mc,
-            id,
-        )
+        (ns_last_pid, epoll, epoll_info, audit, audit_mc, id)
     }
 }
 
 /// The capabilities [`cap_trigger`] can exercise.
 pub const TRIGGERED_CAPS: &[u32] = &[
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
-    27, 28, 29, 30, 31, 33, 34, 35, 36, 37, 38, 39, 40,
+    27, 28, 29, 30, 31, 34, 35, 36, 37, 38, 39, 40,
 ];
 
 /// The capabilities no trigger can exercise, and why.
@@ -589,6 +563,11 @@ pub const UNTRIGGERABLE_CAPS: &[(u32, &str)] = &[
     (
         32,
         "CAP_MAC_OVERRIDE is only checked by SMACK, which this kernel does not run",
+    ),
+    (
+        33,
+        "no trigger yet: removing a profile through AppArmor's .remove answered ENOENT \
+         without a CAP_MAC_ADMIN check reaching the BPF hook (not understood yet)",
     ),
 ];
 
@@ -867,11 +846,10 @@ pub fn main() {
         .collect();
     let same = sleeper(0);
     let foreign = sleeper(1234);
-    let (aa_remove, ns_last_pid, epoll, epoll_info, audit, audit_mc, foreign_msq) = fds;
+    let (ns_last_pid, epoll, epoll_info, audit, audit_mc, foreign_msq) = fds;
     let mut h = Helper {
         udp4,
         udp6,
-        aa_remove,
         ns_last_pid,
         epoll,
         epoll_info,
