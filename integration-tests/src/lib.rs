@@ -262,6 +262,10 @@ pub fn start_agent(
         listen.to_string(),
         "--seccomp-dir".into(),
         dir.join("seccomp").display().to_string(),
+        // Each agent its own violations.log; the host's audit records are not theirs.
+        "--violations-log".into(),
+        dir.join("violations.log").display().to_string(),
+        "--no-audit-records".into(),
     ];
     args.extend_from_slice(extra);
     Proc::start(
