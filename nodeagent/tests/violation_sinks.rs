@@ -779,3 +779,37 @@ async fn a_full_log_queue_drops_and_writes_a_marker_line() {
     assert!(reported <= s.dropped && reported > 0);
     assert_eq!((got.len() - markers.len()) as u64, s.written);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_counting_receiver_counts_every_record_of_large_requests() {
+    let receiver = Receiver::start_counting("127.0.0.1:0".parse().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut otlp = otlp_config(receiver.endpoint());
+    // Requests of well over 128 bytes per record and 16 KiB per batch: multi-byte lengths
+    // at every level of the direct encoding.
+    otlp.batch_size = 300;
+    let (p, _up, _path) = pipeline(dir.path(), Some(otlp), 10_000);
+    let corpus = corpus();
+    const N: u64 = 1000;
+    for n in 0..N {
+        p.submit(corpus[n as usize % corpus.len()].0.clone());
+    }
+    eventually(
+        "the receiver counted every record",
+        Duration::from_secs(10),
+        || receiver.count() == N,
+    )
+    .await;
+    assert!(
+        receiver.requests() >= N / 300,
+        "{} requests",
+        receiver.requests()
+    );
+    assert!(
+        receiver.received().is_empty(),
+        "counting only keeps nothing"
+    );
+    p.shutdown(Duration::from_secs(5)).await;
+    let s = p.sink_stats()[2].clone();
+    assert_eq!((s.written, s.dropped, s.errors), (N, 0, 0));
+}

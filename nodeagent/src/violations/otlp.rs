@@ -30,7 +30,10 @@
 //! # Delivery
 //!
 //! [`OtlpExporter::export`] sends one request per batch with the configured headers and
-//! per-attempt timeout. `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`
+//! per-attempt timeout. The request is encoded once per batch, straight from the events into
+//! protobuf bytes ([`OtlpExporter::encode_request`]; no `opentelemetry-proto` message tree,
+//! which cost four times as much, mostly in allocation), and those bytes are sent by every
+//! attempt. `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`
 //! and `CANCELLED` (the OTLP spec's retryable codes; a collector that is down yields
 //! `UNAVAILABLE`) are retried with jittered exponential backoff until
 //! [`OtlpConfig::max_retry_time`] has passed since the first attempt; then the batch is given
@@ -43,14 +46,19 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{
     any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList,
 };
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use prost::bytes::BufMut;
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::codegen::Bytes;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
@@ -66,6 +74,8 @@ pub const SINK_NAME: &str = "otlp";
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The `event_name` of violation records.
 pub const EVENT_NAME: &str = "varmor.violation";
+/// The gRPC method of OTLP log export.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 
 /// Errors of the OTLP sink. Each names the setting or the endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +127,9 @@ pub struct OtlpConfig {
     pub batch_size: usize,
     /// How long a record waits for more to fill its batch. Default 1 s.
     pub batch_timeout: Duration,
-    /// Records waiting to be exported before new ones are dropped. Default 16,384.
+    /// Records waiting to be exported before new ones are dropped. Default 65,536, like the
+    /// `violations.log` queue: 1.3 s of backlog at 50,000 events/s (16,384 lost events in the
+    /// bench on a loaded core). A full queue holds that many events (about 1 KiB each).
     pub queue_capacity: usize,
     /// Backoff between attempts of one batch. Default 100 ms doubling up to 5 s.
     pub retry_backoff: BackoffConfig,
@@ -164,7 +176,7 @@ impl OtlpConfig {
             connect_timeout: Duration::from_secs(5),
             batch_size: 512,
             batch_timeout: Duration::from_secs(1),
-            queue_capacity: 16_384,
+            queue_capacity: 65_536,
             retry_backoff: BackoffConfig {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(5),
@@ -215,7 +227,9 @@ impl OtlpConfig {
 #[derive(Debug)]
 pub struct OtlpExporter {
     endpoint: String,
-    client: LogsServiceClient<Channel>,
+    client: tonic::client::Grpc<Channel>,
+    /// The encoded request under construction (kept for its capacity).
+    buf: Vec<u8>,
     headers: MetadataMap,
     timeout: Duration,
     retry_backoff: BackoffConfig,
@@ -298,7 +312,8 @@ impl OtlpExporter {
         let node = &config.node_name;
         Ok(OtlpExporter {
             endpoint: config.endpoint.clone(),
-            client: LogsServiceClient::new(endpoint.connect_lazy()),
+            client: tonic::client::Grpc::new(endpoint.connect_lazy()),
+            buf: Vec::new(),
             headers,
             timeout: config.timeout,
             retry_backoff: config.retry_backoff,
@@ -352,10 +367,41 @@ impl OtlpExporter {
         }
     }
 
+    /// The protobuf encoding of [`OtlpExporter::request`] for the same arguments, with
+    /// `observed_time_unix_nano` = `observed`, written into `out` (cleared first) straight from
+    /// the events.
+    pub fn encode_request<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a v1::Event>,
+        dropped: u64,
+        observed: u64,
+        out: &mut Vec<u8>,
+    ) {
+        out.clear();
+        let resource_logs = wire::begin(out, 1);
+        let resource = wire::begin(out, 1);
+        prost::Message::encode_raw(&self.resource, out);
+        wire::end(out, resource);
+        let scope_logs = wire::begin(out, 2);
+        let scope = wire::begin(out, 1);
+        prost::Message::encode_raw(&self.scope, out);
+        wire::end(out, scope);
+        if dropped > 0 {
+            let marker = wire::begin(out, 2);
+            prost::Message::encode_raw(&dropped_record(&self.node_name, dropped, observed), out);
+            wire::end(out, marker);
+        }
+        for e in events {
+            write_log_record(out, 2, e, observed);
+        }
+        wire::end(out, scope_logs);
+        wire::end(out, resource_logs);
+    }
+
     /// Exports `events` (with a marker record first when `dropped` > 0), retrying the
-    /// retryable codes with backoff until `max_retry_time`; the request is built again for
-    /// each attempt rather than kept as a copy. `on_failure` sees each failed attempt as it
-    /// happens (for live error counters).
+    /// retryable codes with backoff until `max_retry_time`. The request is encoded once
+    /// ([`OtlpExporter::encode_request`]) and the same bytes are sent by every attempt.
+    /// `on_failure` sees each failed attempt as it happens (for live error counters).
     pub async fn export<E: Borrow<v1::Event> + Sync>(
         &mut self,
         events: &[E],
@@ -366,13 +412,34 @@ impl OtlpExporter {
         let started = Instant::now();
         let mut backoff = Backoff::new(self.retry_backoff);
         let mut attempts = 0u32;
+        let mut buf = std::mem::take(&mut self.buf);
+        self.encode_request(
+            events.iter().map(Borrow::borrow),
+            dropped,
+            unix_nanos(SystemTime::now()),
+            &mut buf,
+        );
+        // The bytes move into the request (no copy); the next batch starts with room for as
+        // much.
+        self.buf = Vec::with_capacity(buf.len());
+        let body = Bytes::from(buf);
+        let codec = EncodedCodec { size: body.len() };
         loop {
             attempts += 1;
-            let mut req =
-                tonic::Request::new(self.request(events.iter().map(Borrow::borrow), dropped));
+            let mut req = tonic::Request::new(body.clone());
             *req.metadata_mut() = self.headers.clone();
             req.set_timeout(self.timeout);
-            let status = match self.client.export(req).await {
+            let sent = match self.client.ready().await {
+                Ok(()) => {
+                    self.client
+                        .unary(req, PathAndQuery::from_static(EXPORT_PATH), codec)
+                        .await
+                }
+                Err(e) => Err(tonic::Status::unavailable(format!(
+                    "the channel is not ready: {e}"
+                ))),
+            };
+            let status = match sent {
                 Ok(resp) => {
                     let rejected = resp
                         .into_inner()
@@ -482,12 +549,7 @@ pub fn log_record(e: &v1::Event, observed_time_unix_nano: u64) -> LogRecord {
         i64::try_from(e.sequence).unwrap_or(i64::MAX),
     ));
     let (number, text) = severity(&e.action);
-    let time = e.time.as_ref().map_or(0, |t| {
-        u64::try_from(t.seconds)
-            .unwrap_or(0)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::try_from(t.nanos).unwrap_or(0))
-    });
+    let time = event_time(e);
     LogRecord {
         time_unix_nano: time,
         observed_time_unix_nano,
@@ -498,6 +560,16 @@ pub fn log_record(e: &v1::Event, observed_time_unix_nano: u64) -> LogRecord {
         event_name: EVENT_NAME.to_string(),
         ..Default::default()
     }
+}
+
+/// The event's time in nanoseconds since the epoch (0 when unknown).
+fn event_time(e: &v1::Event) -> u64 {
+    e.time.as_ref().map_or(0, |t| {
+        u64::try_from(t.seconds)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(t.nanos).unwrap_or(0))
+    })
 }
 
 /// The record that reports `dropped` lost records.
@@ -602,6 +674,292 @@ impl<'de> Visitor<'de> for JsonAnyVisitor {
     }
 }
 
+/// Protobuf wire encoding of an `ExportLogsServiceRequest` written straight from the events
+/// into one reusable buffer, without building the message tree (`opentelemetry-proto`'s
+/// types allocate a `String` per attribute key and value and a node per JSON value; that
+/// tree cost ~3 µs per event, most of it in `malloc`/`free`). The bytes decode to the same
+/// message as [`OtlpExporter::request`] (a unit test holds them equal).
+mod wire {
+    /// Wire type of varints.
+    const VARINT: u32 = 0;
+    /// Wire type of fixed64 and double.
+    const I64: u32 = 1;
+    /// Wire type of length-delimited fields (strings, bytes, messages).
+    const LEN: u32 = 2;
+
+    pub fn varint(buf: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        buf.push(v as u8);
+    }
+
+    fn key(buf: &mut Vec<u8>, field: u32, wire_type: u32) {
+        varint(buf, u64::from(field << 3 | wire_type));
+    }
+
+    /// A string field (always written, even when empty: used inside oneofs and by callers
+    /// that skip empty values themselves).
+    pub fn string(buf: &mut Vec<u8>, field: u32, s: &str) {
+        key(buf, field, LEN);
+        varint(buf, s.len() as u64);
+        buf.extend_from_slice(s.as_bytes());
+    }
+
+    /// A varint field (`int64` as two's complement, like protobuf).
+    pub fn int(buf: &mut Vec<u8>, field: u32, v: i64) {
+        key(buf, field, VARINT);
+        varint(buf, v as u64);
+    }
+
+    pub fn fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
+        key(buf, field, I64);
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn double(buf: &mut Vec<u8>, field: u32, v: f64) {
+        key(buf, field, I64);
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// Opens a message field; returns where its content starts, for [`end`].
+    pub fn begin(buf: &mut Vec<u8>, field: u32) -> usize {
+        key(buf, field, LEN);
+        // One byte holds the length of most nested messages; `end` makes room when not.
+        buf.push(0);
+        buf.len()
+    }
+
+    /// Closes the message opened at `start`, writing its length before it.
+    pub fn end(buf: &mut Vec<u8>, start: usize) {
+        let len = buf.len() - start;
+        if len < 0x80 {
+            buf[start - 1] = len as u8;
+            return;
+        }
+        let mut prefix = Vec::with_capacity(10);
+        varint(&mut prefix, len as u64);
+        buf.splice(start - 1..start, prefix);
+    }
+
+    /// `KeyValue { key, value: AnyValue { string_value } }` as field `field`.
+    pub fn kv_str(buf: &mut Vec<u8>, field: u32, k: &str, v: &str) {
+        let kv = begin(buf, field);
+        string(buf, 1, k);
+        let any = begin(buf, 2);
+        string(buf, 1, v);
+        end(buf, any);
+        end(buf, kv);
+    }
+
+    /// `KeyValue { key, value: AnyValue { int_value } }` as field `field`.
+    pub fn kv_int(buf: &mut Vec<u8>, field: u32, k: &str, v: i64) {
+        let kv = begin(buf, field);
+        string(buf, 1, k);
+        let any = begin(buf, 2);
+        int(buf, 3, v);
+        end(buf, any);
+        end(buf, kv);
+    }
+}
+
+/// Writes the content of an `AnyValue` (its oneof field) for each JSON value it is fed.
+struct AnyWriter<'a>(&'a mut Vec<u8>);
+
+impl<'de> DeserializeSeed<'de> for AnyWriter<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AnyWriter<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        wire::int(self.0, 2, i64::from(v));
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        wire::int(self.0, 3, v);
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        // As in `event_body`: beyond i64 the digits are kept as text.
+        match i64::try_from(v) {
+            Ok(i) => wire::int(self.0, 3, i),
+            Err(_) => wire::string(self.0, 1, &v.to_string()),
+        }
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        wire::double(self.0, 4, v);
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        wire::string(self.0, 1, v);
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let buf = self.0;
+        let array = wire::begin(buf, 5);
+        loop {
+            let value = wire::begin(buf, 1);
+            if seq.next_element_seed(AnyWriter(buf))?.is_none() {
+                // The element opened for nothing: take its key and length byte back.
+                buf.truncate(value - 2);
+                break;
+            }
+            wire::end(buf, value);
+        }
+        wire::end(buf, array);
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let buf = self.0;
+        let list = wire::begin(buf, 6);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let kv = wire::begin(buf, 1);
+            wire::string(buf, 1, &key);
+            let value = wire::begin(buf, 2);
+            map.next_value_seed(AnyWriter(buf))?;
+            wire::end(buf, value);
+            wire::end(buf, kv);
+        }
+        wire::end(buf, list);
+        Ok(())
+    }
+}
+
+/// Writes `LogRecord.body` (field 5) for `json` as [`event_body`] builds it.
+fn write_body(buf: &mut Vec<u8>, json: &str) {
+    let body = wire::begin(buf, 5);
+    if json.trim().is_empty() {
+        let list = wire::begin(buf, 6);
+        wire::end(buf, list);
+    } else {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let ok = AnyWriter(buf).deserialize(&mut de).is_ok() && de.end().is_ok();
+        if !ok {
+            buf.truncate(body);
+            wire::string(buf, 1, json);
+        }
+    }
+    wire::end(buf, body);
+}
+
+/// Writes one violation as a `LogRecord` (field `field` of its parent); see [`log_record`].
+fn write_log_record(buf: &mut Vec<u8>, field: u32, e: &v1::Event, observed: u64) {
+    let rec = wire::begin(buf, field);
+    let time = event_time(e);
+    if time != 0 {
+        wire::fixed64(buf, 1, time);
+    }
+    let (number, text) = severity(&e.action);
+    wire::int(buf, 2, number as i64);
+    wire::string(buf, 3, text);
+    write_body(buf, &e.event_json);
+    for (key, value) in [
+        ("k8s.node.name", &e.node_name),
+        ("k8s.pod.uid", &e.pod_uid),
+        ("k8s.pod.name", &e.pod_name),
+        ("k8s.namespace.name", &e.pod_namespace),
+        ("container.id", &e.container_id),
+        ("container.name", &e.container_name),
+        ("container.image.name", &e.image),
+    ] {
+        if !value.is_empty() {
+            wire::kv_str(buf, 6, key, value);
+        }
+    }
+    wire::kv_int(buf, 6, "process.pid", e.pid.into());
+    wire::kv_str(buf, 6, "varmor.enforcer", enforcer_name(e.enforcer));
+    wire::kv_str(buf, 6, "varmor.action", &e.action);
+    for (key, value) in [
+        ("varmor.profile", &e.profile_name),
+        ("varmor.policy.kind", &e.policy_kind),
+        ("varmor.policy.name", &e.policy_name),
+        ("varmor.policy.namespace", &e.policy_namespace),
+    ] {
+        if !value.is_empty() {
+            wire::kv_str(buf, 6, key, value);
+        }
+    }
+    wire::kv_int(buf, 6, "varmor.mnt_ns_id", e.mnt_ns_id.into());
+    wire::kv_int(
+        buf,
+        6,
+        "varmor.sequence",
+        i64::try_from(e.sequence).unwrap_or(i64::MAX),
+    );
+    if observed != 0 {
+        wire::fixed64(buf, 11, observed);
+    }
+    wire::string(buf, 12, EVENT_NAME);
+    wire::end(buf, rec);
+}
+
+/// The gRPC codec of pre-encoded requests: sends the bytes as they are, decodes the
+/// response with prost. `size` (the request's length) sizes tonic's send buffer so that it is
+/// allocated once rather than grown from 8 KiB by doubling.
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodedCodec {
+    size: usize,
+}
+
+impl Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = ExportLogsServiceResponse;
+    type Encoder = EncodedCodec;
+    type Decoder = EncodedCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        EncodedCodec::default()
+    }
+}
+
+impl Encoder for EncodedCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        // Room for the 5-byte gRPC frame header too; at least tonic's defaults (8 KiB buffer,
+        // 32 KiB yield threshold).
+        let size = self.size + 5;
+        BufferSettings::new(size.max(8 << 10), size.max(32 << 10))
+    }
+}
+
+impl Decoder for EncodedCodec {
+    type Item = ExportLogsServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut DecodeBuf<'_>,
+    ) -> Result<Option<ExportLogsServiceResponse>, tonic::Status> {
+        prost::Message::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("undecodable OTLP response: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,6 +1006,72 @@ mod tests {
             event_body(" ").value,
             Some(any_value::Value::KvlistValue(KeyValueList::default()))
         );
+    }
+
+    #[test]
+    fn the_direct_encoding_decodes_to_the_built_request() {
+        let _rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _guard = _rt.enter();
+        let exporter =
+            OtlpExporter::new(&OtlpConfig::new("http://127.0.0.1:1", "node-1")).expect("exporter");
+        let long = "x".repeat(300);
+        let bodies = [
+            r#"{"operation":"File","permissions":["read","write"],"n":-3,"big":18446744073709551615,"x":1.5,"ok":true,"f":false,"none":null,"nested":{"a":[[],{},[null,0]]}}"#.to_string(),
+            format!(r#"{{"path":"{long}","e":"é
+"}}"#),
+            "not json".into(),
+            "{\"unterminated\": [1,".into(),
+            "{} trailing".into(),
+            " ".into(),
+            String::new(),
+            "null".into(),
+            "7".into(),
+        ];
+        let events: Vec<v1::Event> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| v1::Event {
+                node_name: "node-1".into(),
+                pod_name: if i % 2 == 0 {
+                    long.clone()
+                } else {
+                    String::new()
+                },
+                pod_namespace: "demo".into(),
+                container_id: "c".repeat(64),
+                action: ["DENIED", "AUDIT", "AUDIT|ALLOWED"][i % 3].into(),
+                enforcer: i as i32 % 4,
+                pid: if i == 0 { 0 } else { 1000 + i as u32 },
+                mnt_ns_id: 4_026_531_840,
+                sequence: if i == 1 { u64::MAX } else { i as u64 },
+                time: (i != 2).then(|| prost_types::Timestamp {
+                    seconds: 1_700_000_000 + i as i64,
+                    nanos: 5,
+                }),
+                event_json: body.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let mut buf = Vec::new();
+        for dropped in [0, 3] {
+            for n in [0, 1, events.len()] {
+                let observed = 1_800_000_000_000_000_000;
+                exporter.encode_request(&events[..n], dropped, observed, &mut buf);
+                let decoded: ExportLogsServiceRequest =
+                    prost::Message::decode(buf.as_slice()).expect("decodes");
+                let mut built = exporter.request(&events[..n], dropped);
+                for r in &mut built.resource_logs[0].scope_logs[0].log_records {
+                    r.observed_time_unix_nano = observed;
+                    if r.event_name != EVENT_NAME {
+                        r.time_unix_nano = observed;
+                    }
+                }
+                assert_eq!(decoded, built, "{n} events, {dropped} dropped");
+            }
+        }
     }
 
     #[test]

@@ -2,9 +2,15 @@
 //! `opentelemetry-proto` served by tonic on a loopback port. It keeps what it receives (or only
 //! counts it), and can be told to stall (hold every request without answering until released)
 //! to play a collector that does not keep up.
+//!
+//! [`Receiver::start_counting`] serves the same RPC but decodes each request only down to its
+//! log records (kept as bytes) to count them: for the bench, where the collector's own
+//! decoding (a full message tree, several allocations per attribute) is not the pipeline's
+//! cost and would otherwise dominate a single-core measurement.
 
 #![allow(dead_code)] // each test binary uses a different part
 
+mod counting;
 pub mod records;
 
 use std::net::SocketAddr;
@@ -111,14 +117,39 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .unwrap_or_else(|e| panic!("bind the OTLP receiver to {addr}: {e}"));
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             keep,
             ..Default::default()
         });
-        let (stop, stopped) = oneshot::channel::<()>();
         let svc =
             LogsServiceServer::new(Service(state.clone())).max_decoding_message_size(64 << 20);
+        Self::serve(listener, state, svc)
+    }
+
+    /// Starts on `addr`, only counting records (see the module docs).
+    pub async fn start_counting(addr: SocketAddr) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind the OTLP receiver to {addr}: {e}"));
+        let state = Arc::new(State::default());
+        Self::serve(listener, state.clone(), counting::CountingServer(state))
+    }
+
+    fn serve<S>(listener: tokio::net::TcpListener, state: Arc<State>, svc: S) -> Receiver
+    where
+        S: tonic::codegen::Service<
+                tonic::codegen::http::Request<tonic::body::Body>,
+                Error = std::convert::Infallible,
+                Response = tonic::codegen::http::Response<tonic::body::Body>,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
         // Like real collectors (Go's net package sets TCP_NODELAY; grpc-go grows its windows
         // with BDP estimation): without these, Nagle's algorithm and 64 KiB windows turn
         // every large export into several delayed round trips.
