@@ -52,7 +52,6 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use varmor_policy::bundle::AppArmorProfile;
@@ -67,8 +66,6 @@ const PARSER_DIRS: [&str; 3] = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
 
 /// The securityfs directory of AppArmor, on the host.
 const SECURITYFS: &str = "/sys/kernel/security/apparmor";
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Settings of the AppArmor enforcer; `Default` gives the agent's defaults.
 #[derive(Debug, Clone)]
@@ -280,7 +277,7 @@ impl AppArmorEnforcer {
                 self.dir.display()
             ));
         }
-        let tmp = match write_temp(&file, aa.text.as_bytes()) {
+        let tmp = match fsutil::write_temp(&file, aa.text.as_bytes(), 0o644) {
             Ok(t) => t,
             Err(e) => return Outcome::failed(format!("cannot write {}: {e}", file.display())),
         };
@@ -311,7 +308,7 @@ impl AppArmorEnforcer {
                 "cannot load AppArmor profile {profile}: {e}; {kept}"
             ));
         }
-        if let Err(e) = rename_durable(&tmp, &file) {
+        if let Err(e) = fsutil::rename_durable(&tmp, &file) {
             let _ = std::fs::remove_file(&tmp);
             return Outcome::failed(format!(
                 "{profile} was loaded but cannot be stored as {}: {e}; it is loaded again at \
@@ -585,45 +582,6 @@ fn read_if_exists(path: &Path) -> io::Result<Option<Vec<u8>>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-/// Writes `bytes` into a new temporary file next to `path` (a name [`fsutil::is_temp_name`]
-/// recognizes), synced; returns its path.
-fn write_temp(path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    match result {
-        Ok(()) => Ok(tmp),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
-}
-
-fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::rename(from, to)?;
-    let dir = to.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
