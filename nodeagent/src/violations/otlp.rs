@@ -514,10 +514,10 @@ pub fn severity(action: &str) -> (SeverityNumber, &'static str) {
     }
 }
 
-/// The log record of one violation (see the module docs).
-pub fn log_record(e: &v1::Event, observed_time_unix_nano: u64) -> LogRecord {
-    let mut attributes = Vec::with_capacity(18);
-    for (key, value) in [
+/// The semantic-convention string attributes of an event, in record order (empty ones are left
+/// out by the callers). Both the record tree and the direct encoder take them from here.
+fn semconv_attributes(e: &v1::Event) -> [(&'static str, &String); 7] {
+    [
         ("k8s.node.name", &e.node_name),
         ("k8s.pod.uid", &e.pod_uid),
         ("k8s.pod.name", &e.pod_name),
@@ -525,7 +525,13 @@ pub fn log_record(e: &v1::Event, observed_time_unix_nano: u64) -> LogRecord {
         ("container.id", &e.container_id),
         ("container.name", &e.container_name),
         ("container.image.name", &e.image),
-    ] {
+    ]
+}
+
+/// The log record of one violation (see the module docs).
+pub fn log_record(e: &v1::Event, observed_time_unix_nano: u64) -> LogRecord {
+    let mut attributes = Vec::with_capacity(18);
+    for (key, value) in semconv_attributes(e) {
         if !value.is_empty() {
             attributes.push(kv_str(key, value));
         }
@@ -867,15 +873,7 @@ fn write_log_record(buf: &mut Vec<u8>, field: u32, e: &v1::Event, observed: u64)
     wire::int(buf, 2, number as i64);
     wire::string(buf, 3, text);
     write_body(buf, &e.event_json);
-    for (key, value) in [
-        ("k8s.node.name", &e.node_name),
-        ("k8s.pod.uid", &e.pod_uid),
-        ("k8s.pod.name", &e.pod_name),
-        ("k8s.namespace.name", &e.pod_namespace),
-        ("container.id", &e.container_id),
-        ("container.name", &e.container_name),
-        ("container.image.name", &e.image),
-    ] {
+    for (key, value) in semconv_attributes(e) {
         if !value.is_empty() {
             wire::kv_str(buf, 6, key, value);
         }
