@@ -60,6 +60,11 @@ struct EventSink {
 impl EventSink {
     fn submit(&self, mut event: v1::Event) {
         self.enricher.enrich(&mut event);
+        self.deliver(event);
+    }
+
+    /// Counts an enriched event and offers it to every sink.
+    fn deliver(&self, event: v1::Event) {
         self.metrics.event(&event);
         self.pipeline.submit(event);
     }
@@ -105,8 +110,7 @@ async fn audit_loop(
             // A seccomp record of a process no profile of ours confines.
             continue;
         }
-        sink.metrics.event(&event);
-        sink.pipeline.submit(event);
+        sink.deliver(event);
     }
 }
 
@@ -302,11 +306,7 @@ impl Agent {
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {
-                            let bound = containers
-                                .list()
-                                .iter()
-                                .filter(|c| c.binding == crate::containers::Binding::Bound)
-                                .count();
+                            let bound = containers.bound_count();
                             metrics.set_bound_containers(bound);
                             metrics.set_manager_connected(status.get().connected);
                         }

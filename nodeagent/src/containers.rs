@@ -133,6 +133,14 @@ impl ContainerRegistry {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// How many containers are bound to a profile now (without copying the registry).
+    pub fn bound_count(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|e| e.binding == Binding::Bound)
+            .count()
+    }
+
     /// Every container, ordered by id.
     pub fn list(&self) -> Vec<ContainerEntry> {
         self.lock().values().cloned().collect()
@@ -142,5 +150,38 @@ impl ContainerRegistry {
         self.containers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, binding: Binding) -> ContainerEntry {
+        ContainerEntry {
+            info: ContainerInfo {
+                id: id.into(),
+                ..Default::default()
+            },
+            profile: None,
+            binding,
+            message: String::new(),
+            binding_latency_us: 0,
+        }
+    }
+
+    #[test]
+    fn bound_count_and_generation_follow_the_changes() {
+        let r = ContainerRegistry::new();
+        let g0 = r.generation();
+        r.upsert(entry("a", Binding::Bound));
+        r.upsert(entry("b", Binding::Pending));
+        r.upsert(entry("c", Binding::Bound));
+        assert_eq!(r.bound_count(), 2);
+        assert!(r.generation() > g0);
+        let g1 = r.generation();
+        r.remove("a");
+        assert_eq!(r.bound_count(), 1);
+        assert!(r.generation() > g1);
     }
 }
