@@ -119,11 +119,7 @@ impl Pattern {
         if !name_only && !source.starts_with(['/', '*', '{', '[', '?']) {
             return err("a pattern with '/' must be an absolute path (start with '/')");
         }
-        let nodes = if name_only {
-            demote_double_star(nodes)
-        } else {
-            nodes
-        };
+        let nodes = if name_only { name_nodes(nodes) } else { nodes };
         Ok(Pattern {
             source: source.to_string(),
             nodes,
@@ -151,6 +147,27 @@ impl Pattern {
         self.nodes.iter().all(|n| matches!(n, Node::Byte(_)))
     }
 
+    /// The pattern of reversed paths: `p.reversed().matches(r)` exactly when `p.matches(s)`
+    /// for `r` the bytes of `s` in reverse order. Every construct is its own mirror image
+    /// (`/**/` included) except sequences and alternatives, which are reversed; a name
+    /// pattern becomes the reversed name followed by nothing or by `/` and anything (the rest
+    /// of the path, reversed). The result is never a name pattern; its source is the original
+    /// with a `reversed:` prefix, for messages.
+    pub fn reversed(&self) -> Pattern {
+        let mut nodes = reverse_nodes(&self.nodes);
+        if self.name_only {
+            nodes.push(Node::Alt(vec![
+                Vec::new(),
+                vec![Node::Byte(b'/'), Node::DoubleStar],
+            ]));
+        }
+        Pattern {
+            source: format!("reversed:{}", self.source),
+            nodes,
+            name_only: false,
+        }
+    }
+
     /// Reference matcher: whether `path` matches the pattern.
     pub fn matches(&self, path: &[u8]) -> bool {
         if self.name_only {
@@ -168,13 +185,52 @@ impl Pattern {
     }
 }
 
-fn demote_double_star(nodes: Vec<Node>) -> Vec<Node> {
+/// Inside a name pattern (matched against one component) `**` is `*`, and no class can match
+/// `/` (a range such as `[!-0]` covers it).
+fn name_nodes(nodes: Vec<Node>) -> Vec<Node> {
     nodes
         .into_iter()
         .map(|n| match n {
             Node::DoubleStar => Node::Star,
-            Node::Alt(alts) => Node::Alt(alts.into_iter().map(demote_double_star).collect()),
+            Node::Class {
+                negated: false,
+                ranges,
+            } => Node::Class {
+                negated: false,
+                ranges: without_slash(ranges),
+            },
+            Node::Alt(alts) => Node::Alt(alts.into_iter().map(name_nodes).collect()),
             other => other,
+        })
+        .collect()
+}
+
+/// The ranges with the byte `/` taken out.
+fn without_slash(ranges: Vec<(u8, u8)>) -> Vec<(u8, u8)> {
+    let mut out = Vec::with_capacity(ranges.len() + 1);
+    for (lo, hi) in ranges {
+        if lo <= b'/' && b'/' <= hi {
+            if lo < b'/' {
+                out.push((lo, b'/' - 1));
+            }
+            if hi > b'/' {
+                out.push((b'/' + 1, hi));
+            }
+        } else {
+            out.push((lo, hi));
+        }
+    }
+    out
+}
+
+/// The nodes matching the reversed strings of `nodes`.
+fn reverse_nodes(nodes: &[Node]) -> Vec<Node> {
+    nodes
+        .iter()
+        .rev()
+        .map(|n| match n {
+            Node::Alt(alts) => Node::Alt(alts.iter().map(|a| reverse_nodes(a)).collect()),
+            other => other.clone(),
         })
         .collect()
 }
@@ -404,6 +460,51 @@ mod tests {
 
     fn m(p: &str, s: &str) -> bool {
         Pattern::parse(p).expect(p).matches(s.as_bytes())
+    }
+
+    #[test]
+    fn reversed_patterns_match_reversed_paths() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "/etc/passwd",
+                &["/etc/passwd", "/etc/passwd-", "/etc/passw"],
+            ),
+            (
+                "/tmp/**/33",
+                &["/tmp/33", "/tmp/a/b/33", "/tmp/a33", "/tmp33"],
+            ),
+            (
+                "/srv/app1/**/*.key",
+                &["/srv/app1/x.key", "/srv/app1/a/.key", "/srv/app1/a/b.kex"],
+            ),
+            ("{/a/b,/c*}/d", &["/a/b/d", "/cx/d", "/c/d", "/a/c/d"]),
+            (
+                "busybox",
+                &["/bin/busybox", "busybox", "/busybox/x", "/bin/xbusybox"],
+            ),
+            ("a[!-0]b", &["/x/a/b", "/x/a.b", "a/b", "a.b"]),
+            ("**", &["/", "/x/y", ""]),
+        ];
+        for (p, paths) in cases {
+            let fwd = Pattern::parse(p).expect(p);
+            let rev = fwd.reversed();
+            assert!(!rev.is_name_pattern());
+            for path in *paths {
+                let r: Vec<u8> = path.bytes().rev().collect();
+                assert_eq!(
+                    rev.matches(&r),
+                    fwd.matches(path.as_bytes()),
+                    "{p} on {path}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn name_pattern_classes_never_match_slash() {
+        assert!(!m("a[!-0]b", "a/b"));
+        assert!(m("a[!-0]b", "/x/a.b"));
+        assert!(!m("a[!-0]b", "/x/a/b"));
     }
 
     #[test]

@@ -600,6 +600,8 @@ fn pattern_strategy() -> impl Strategy<Value = String> {
         1 => Just("?".to_string()),
         1 => Just("[a-b]".to_string()),
         1 => Just("[^a]".to_string()),
+        // A range that covers '/': in a name pattern it must not match '/'.
+        1 => Just("[.-0]".to_string()),
         1 => Just("{a,bc}".to_string()),
         1 => Just("{,c/}".to_string()),
     ];
@@ -631,6 +633,22 @@ proptest! {
         for path in &paths {
             let expected: Vec<u32> = parsed.iter().enumerate().filter(|(_, p)| p.matches(path.as_bytes())).map(|(i, _)| i as u32).collect();
             prop_assert_eq!(a.run(path.as_bytes()), expected, "path {:?} patterns {:?}", path, patterns);
+        }
+    }
+
+    /// The reversed patterns match the reversed paths, and their automaton agrees (the BPF
+    /// enforcer walks it from the leaf of a path to decide early that no rule can match).
+    #[test]
+    fn reversed_automaton_agrees_with_glob(patterns in prop::collection::vec(pattern_strategy(), 1..12), paths in prop::collection::vec(path_strategy(), 1..20)) {
+        let parsed: Vec<Pattern> = patterns.iter().map(|p| Pattern::parse(p).expect("valid")).collect();
+        let reversed: Vec<Pattern> = parsed.iter().map(Pattern::reversed).collect();
+        let a = Automaton::build(&reversed).expect("build");
+        for path in &paths {
+            let expected: Vec<u32> = parsed.iter().enumerate().filter(|(_, p)| p.matches(path.as_bytes())).map(|(i, _)| i as u32).collect();
+            let r: Vec<u8> = path.bytes().rev().collect();
+            let by_reference: Vec<u32> = reversed.iter().enumerate().filter(|(_, p)| p.matches(&r)).map(|(i, _)| i as u32).collect();
+            prop_assert_eq!(&by_reference, &expected, "path {:?} patterns {:?}", path, patterns);
+            prop_assert_eq!(a.run(&r), expected, "path {:?} patterns {:?}", path, patterns);
         }
     }
 
