@@ -53,6 +53,9 @@ _Static_assert(__builtin_offsetof(struct va_header, ptrace_ext) == VA_HDR_OFF_PT
 _Static_assert(__builtin_offsetof(struct va_header, path) == VA_HDR_OFF_PATH, "path");
 _Static_assert(__builtin_offsetof(struct va_header, mnt) == VA_HDR_OFF_MNT, "mnt");
 _Static_assert(__builtin_offsetof(struct va_header, socket_off) == VA_HDR_OFF_SECTIONS, "sec");
+_Static_assert(__builtin_offsetof(struct va_header, leaf) == VA_HDR_OFF_LEAF, "leaf");
+_Static_assert(__builtin_offsetof(struct va_header, egress_scan_count) == VA_HDR_OFF_EGRESS_INDEX,
+	       "egress index");
 _Static_assert(sizeof(struct va_header) == VA_HEADER_SIZE, "header size");
 _Static_assert(sizeof(struct va_container) == VA_CONTAINER_SIZE, "container size");
 _Static_assert(__builtin_offsetof(struct va_event, path) == VA_EV_OFF_PATH, "event path");
@@ -255,11 +258,16 @@ static __always_inline struct va_words *blob_value(void *blob, __u64 word)
 
 /* ---- the automaton walk -------------------------------------------------------------- */
 
+/* Where the leaf filter copies the last component (the byte before it holds '/'): between
+ * what bpf_d_path writes (from 0) and what dentry walks write (backwards from the end). */
+#define LEAF_AT (VA_PATH_MAX + 512)
+
 struct walk_ctx {
 	void *blob;
 	__u32 slot;
 	__u32 start;
-	__u32 mount;
+	__u32 mount; /* which automaton: 0 path, 1 mount, 2 leaf filter */
+	__u32 reverse; /* walk from start downwards */
 	__u32 lo;
 	__u32 span;
 	__u32 nclasses;
@@ -277,13 +285,16 @@ static long walk_step(__u32 i, void *data)
 		c->err = 1;
 		return 1;
 	}
-	__u8 b = s->path[(c->start + i) & (VA_PATH_BUF - 1)];
+	__u32 at = c->reverse ? c->start - i : c->start + i;
+	__u8 b = s->path[at & (VA_PATH_BUF - 1)];
 	struct va_header *h = bpf_map_lookup_elem(&v_headers, &c->slot);
 	if (!h) {
 		c->err = 1;
 		return 1;
 	}
-	__u32 cls = c->mount ? h->mnt.classes[b] : h->path.classes[b];
+	__u32 cls = c->mount == 2 ? h->leaf.classes[b] :
+		    c->mount	     ? h->mnt.classes[b] :
+				       h->path.classes[b];
 	int alive = 0;
 #pragma unroll
 	for (int k = 0; k < VA_MAX_WALKS; k++) {
@@ -519,6 +530,62 @@ static __always_inline int decide_path(struct who *w, struct va_scratch *s, __u3
 	return 0;
 }
 
+/* The leaf filter (struct va_header): walks the last component of the opened file backwards,
+ * then '/', through the automaton of the reversed file patterns. Returns 1 when no file rule
+ * can match the path, so file_open allows without resolving it; 0 when it cannot tell. */
+static __always_inline int leaf_says_no_rule(struct who *w, struct va_scratch *s,
+					     struct file *file)
+{
+	struct va_header *h = w->h;
+	if (!h || h->mode != VA_MODE_ENFORCE || !h->leaf.walk_count)
+		return 0;
+	struct dentry *d = BPF_CORE_READ(file, f_path.dentry);
+	struct vfsmount *mnt = BPF_CORE_READ(file, f_path.mnt);
+	/* d_path would not end in this dentry's name for the root of a mount (a bind-mounted
+	 * file, like a container's /etc/hosts, is named after its source), the root itself, or
+	 * an unhashed (deleted) dentry (" (deleted)" is appended). */
+	if (d == BPF_CORE_READ(mnt, mnt_root) || d == BPF_CORE_READ(d, d_parent) ||
+	    !BPF_CORE_READ(d, d_hash.pprev))
+		return 0;
+	__u32 len = BPF_CORE_READ(d, d_name.len);
+	if (len == 0 || len > 255)
+		return 0;
+	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
+	if (bpf_probe_read_kernel(&s->path[LEAF_AT], len & 255, name))
+		return 0;
+	s->path[LEAF_AT - 1] = '/';
+	void *blob = bpf_map_lookup_elem(&v_blobs, &w->slot);
+	if (!blob)
+		return 0;
+	struct walk_ctx c = {};
+	c.blob = blob;
+	c.slot = w->slot;
+	c.start = LEAF_AT + len - 1;
+	c.mount = 2;
+	c.reverse = 1;
+	c.lo = h->leaf.live_lo[VA_KIND_FILE];
+	c.span = h->leaf.live_hi[VA_KIND_FILE] - c.lo;
+	c.nclasses = h->leaf.class_count;
+	c.trans_off = h->leaf.trans_off;
+	c.nwalks = h->leaf.walk_count;
+	if (c.nwalks > VA_MAX_WALKS)
+		return 0;
+#pragma unroll
+	for (int k = 0; k < VA_MAX_WALKS; k++)
+		c.states[k] = h->leaf.starts[k];
+	bpf_loop(len + 1, walk_step, &c, 0);
+	if (c.err)
+		return 0;
+#pragma unroll
+	for (int k = 0; k < VA_MAX_WALKS; k++) {
+		if (k >= c.nwalks)
+			break;
+		if (c.states[k] - c.lo < c.span)
+			return 0;
+	}
+	return 1;
+}
+
 /* Whether the profile can say anything about accesses of this kind (skips the path). */
 static __always_inline int path_rules_for(struct va_header *h, __u32 kind)
 {
@@ -574,6 +641,8 @@ int BPF_PROG(varmor_file_open, struct file *file, int ret)
 	struct va_scratch *s = scratch();
 	if (!s)
 		return -EPERM;
+	if (leaf_says_no_rule(&w, s, file))
+		return 0;
 	long n = bpf_d_path((struct path *)&file->f_path, s->path, VA_PATH_MAX);
 	int err = n <= 0 || n > VA_PATH_MAX;
 	return decide_path(&w, s, VA_EV_FILE, VA_KIND_FILE, req, err, 0, err ? 0 : n - 1);
@@ -735,6 +804,12 @@ struct scan_ctx {
 	__u32 family;
 	__u32 addr[4];
 	struct va_container *cont;
+	/* The egress index (word offsets into the blob). */
+	__u64 base;
+	__u64 prefixes;
+	__u64 buckets;
+	__u32 bmask;
+	__u32 seed;
 };
 
 static __always_inline int mask_has(__u32 lo, __u32 hi, __u32 v)
@@ -830,6 +905,35 @@ int BPF_PROG(varmor_socket_create, int family, int type, int protocol, int kern,
 	return 0;
 }
 
+/* Whether the egress record r matches the connect in c. */
+static __always_inline int egress_hit(struct scan_ctx *c, struct va_words *r)
+{
+	/* [action, kind, port_lo, port_hi, addr0..3, mask0..3] */
+	if (c->b < r->w[2] || c->b > r->w[3])
+		return 0;
+	__u32 kind = r->w[1];
+	if (kind == VA_EGRESS_ANY)
+		return 1;
+	if (kind == VA_EGRESS_V4)
+		return c->family == 4 && (c->addr[0] & r->w[8]) == r->w[4];
+	if (kind == VA_EGRESS_V6)
+		return c->family == 6 && (c->addr[0] & r->w[8]) == r->w[4] &&
+		       (c->addr[1] & r->w[9]) == r->w[5] && (c->addr[2] & r->w[10]) == r->w[6] &&
+		       (c->addr[3] & r->w[11]) == r->w[7];
+	if (kind == VA_EGRESS_POD_SELF) {
+		struct va_container *ct = c->cont;
+		if (!ct)
+			return 0;
+		if (c->family == 4)
+			return (ct->flags & VA_CF_POD_V4) && ct->pod_v4 == c->addr[0];
+		return (ct->flags & VA_CF_POD_V6) && ct->pod_v6[0] == c->addr[0] &&
+		       ct->pod_v6[1] == c->addr[1] && ct->pod_v6[2] == c->addr[2] &&
+		       ct->pod_v6[3] == c->addr[3];
+	}
+	return 0;
+}
+
+/* The scanned egress records, strongest first: the first hit decides among them. */
 static long egress_step(__u32 i, void *data)
 {
 	struct scan_ctx *c = data;
@@ -839,33 +943,56 @@ static long egress_step(__u32 i, void *data)
 		c->err = 1;
 		return 1;
 	}
-	/* [action, kind, port_lo, port_hi, addr0..3, mask0..3] */
-	if (c->b < r->w[2] || c->b > r->w[3])
-		return 0;
-	__u32 kind = r->w[1];
-	int hit = 0;
-	if (kind == VA_EGRESS_ANY) {
-		hit = 1;
-	} else if (kind == VA_EGRESS_V4) {
-		hit = c->family == 4 && (c->addr[0] & r->w[8]) == r->w[4];
-	} else if (kind == VA_EGRESS_V6) {
-		hit = c->family == 6 && (c->addr[0] & r->w[8]) == r->w[4] &&
-		      (c->addr[1] & r->w[9]) == r->w[5] && (c->addr[2] & r->w[10]) == r->w[6] &&
-		      (c->addr[3] & r->w[11]) == r->w[7];
-	} else if (kind == VA_EGRESS_POD_SELF) {
-		struct va_container *ct = c->cont;
-		if (!ct)
-			return 0;
-		if (c->family == 4)
-			hit = (ct->flags & VA_CF_POD_V4) && ct->pod_v4 == c->addr[0];
-		else
-			hit = (ct->flags & VA_CF_POD_V6) && ct->pod_v6[0] == c->addr[0] &&
-			      ct->pod_v6[1] == c->addr[1] && ct->pod_v6[2] == c->addr[2] &&
-			      ct->pod_v6[3] == c->addr[3];
-	}
-	if (hit) {
+	if (egress_hit(c, r)) {
 		c->act = r->w[0];
 		return 1;
+	}
+	return 0;
+}
+
+/* One (family, prefix) of the egress index: the bucket of the masked address, whose records
+ * are sorted strongest first; a hit stronger than what was found so far replaces it. */
+static long egress_prefix_step(__u32 i, void *data)
+{
+	struct scan_ctx *c = data;
+	__u64 word = c->prefixes + (__u64)i * VA_EGRESS_PREFIX_WORDS;
+	struct va_words *v = blob_value(c->blob, word);
+	if (!v) {
+		c->err = 1;
+		return 1;
+	}
+	__u32 at = word & 8;
+	if (v->w[at & 8] != c->family)
+		return 0;
+	__u32 h = (c->seed ^ (c->family << 8 | v->w[(at + 1) & 15])) * VA_HASH_MUL;
+	h = (h ^ (c->addr[0] & v->w[(at + 2) & 15])) * VA_HASH_MUL;
+	h = (h ^ (c->addr[1] & v->w[(at + 3) & 15])) * VA_HASH_MUL;
+	h = (h ^ (c->addr[2] & v->w[(at + 4) & 15])) * VA_HASH_MUL;
+	h = (h ^ (c->addr[3] & v->w[(at + 5) & 15])) * VA_HASH_MUL;
+	h ^= h >> 15;
+	word = c->buckets + (__u64)(h & c->bmask) * VA_EGRESS_BUCKET_WORDS;
+	v = blob_value(c->blob, word);
+	if (!v) {
+		c->err = 1;
+		return 1;
+	}
+	at = word & 14;
+	__u32 off = v->w[at & 15];
+	__u32 cnt = v->w[(at + 1) & 15];
+#pragma unroll
+	for (int k = 0; k < VA_EGRESS_BUCKET_MAX; k++) {
+		if (k >= cnt)
+			break;
+		struct va_words *r = blob_value(c->blob, c->base + (__u64)(off + k) * VA_EGRESS_WORDS);
+		if (!r) {
+			c->err = 1;
+			return 1;
+		}
+		if (egress_hit(c, r)) {
+			if (r->w[0] < c->act)
+				c->act = r->w[0];
+			break;
+		}
 	}
 	return 0;
 }
@@ -925,8 +1052,15 @@ int BPF_PROG(varmor_socket_connect, struct socket *sock, struct sockaddr *addres
 			c.blob = bpf_map_lookup_elem(&v_blobs, &w.slot);
 			c.off = h->egress_off;
 			c.act = VA_ACT_NONE;
-			if (c.blob)
-				bpf_loop(h->egress_count, egress_step, &c, 0);
+			if (c.blob && h->egress_scan_count)
+				bpf_loop(h->egress_scan_count, egress_step, &c, 0);
+			c.base = (__u64)h->egress_off + (__u64)h->egress_scan_count * VA_EGRESS_WORDS;
+			c.prefixes = h->egress_prefixes_off;
+			c.buckets = h->egress_buckets_off;
+			c.bmask = h->egress_bucket_mask;
+			c.seed = h->egress_seed;
+			if (c.blob && !c.err && h->egress_prefix_count)
+				bpf_loop(h->egress_prefix_count, egress_prefix_step, &c, 0);
 			if (!c.blob || c.err) {
 				stat_inc(VA_STAT_TABLE_ERRORS);
 				c.act = VA_ACT_DENY_AUDIT;

@@ -12,7 +12,7 @@
 
 /* Bump when any map layout or record format changes: pins live under
  * /sys/fs/bpf/varmor/v<VA_LAYOUT_VERSION>/. */
-#define VA_LAYOUT_VERSION 1
+#define VA_LAYOUT_VERSION 2
 
 /* Capacities. */
 #define VA_MAX_CONTAINERS 16384
@@ -89,6 +89,17 @@
 #define VA_EGRESS_V4 4
 #define VA_EGRESS_V6 6
 
+/* The egress index: records of one address (family, prefix, masked address) hash into a
+ * bucket of (offset, count) words; a bucket holds at most this many records (more go to the
+ * scanned records). The hash (agent and programs compute it alike):
+ *   h = seed ^ (family << 8 | prefix); h *= VA_HASH_MUL;
+ *   for each of the 4 masked address words: h ^= w; h *= VA_HASH_MUL;
+ *   h ^= h >> 15; bucket = h & bucket_mask */
+#define VA_EGRESS_BUCKET_MAX 8
+#define VA_EGRESS_PREFIX_WORDS 8
+#define VA_EGRESS_BUCKET_WORDS 2
+#define VA_HASH_MUL 0x9E3779B1
+
 /* Record sizes in words; each divides VA_WORDS_PER_VALUE and each section starts on a value
  * boundary, so one record is read with one map lookup. */
 #define VA_VERDICT_WORDS 4
@@ -118,7 +129,9 @@
 #define VA_HDR_OFF_PATH 80
 #define VA_HDR_OFF_MNT 432
 #define VA_HDR_OFF_SECTIONS 784
-#define VA_HEADER_SIZE 816
+#define VA_HDR_OFF_LEAF 816
+#define VA_HDR_OFF_EGRESS_INDEX 1168
+#define VA_HEADER_SIZE 1192
 #define VA_CONTAINER_SIZE 28
 #define VA_EV_OFF_PATH 104
 #define VA_EV_SIZE 4200
@@ -164,6 +177,23 @@ struct va_header {
 	__u32 mount_rule_count;
 	__u32 mount_ids_off;
 	__u32 mount_ids_count;
+	/* The leaf filter: an automaton of the file rules' patterns reversed, walked over the
+	 * last component of an opened file from its last byte, then '/'. When every walk leaves
+	 * live_lo/live_hi[VA_KIND_FILE], no file rule can match the path and file_open allows
+	 * without resolving it. walk_count 0: no filter (it could never stop a walk). Only
+	 * classes, counts, live range, starts and trans_off are used. */
+	struct va_automaton leaf;
+	/* Egress records [0, egress_scan_count) are checked one by one, strongest action first
+	 * (any address, pod-self, and what did not fit a bucket). The rest are indexed: for each
+	 * (family, prefix) of egress_prefixes ([family, prefix, mask words 0..3, 0, 0]), the
+	 * masked address picks a bucket of egress_buckets ([offset, count] from the first
+	 * indexed record), whose records are sorted strongest first. The strongest hit decides. */
+	__u32 egress_scan_count;
+	__u32 egress_prefixes_off;
+	__u32 egress_prefix_count;
+	__u32 egress_buckets_off;
+	__u32 egress_bucket_mask;
+	__u32 egress_seed;
 };
 
 struct va_words {

@@ -226,6 +226,26 @@ pub fn corpus() -> Vec<Case> {
     ));
     mix_actions(&mut mixed);
     add("mixed-actions", mixed);
+    // File patterns that all end in a literal: the profile gets a leaf filter, so file_open
+    // decides most paths from their last component (the other profiles have a pattern ending
+    // in '**', which keeps the filter off).
+    let leafy = RAW_RULES
+        .replace(
+            "        - pattern: /var/log/**\n          permissions: [append]\n",
+            "",
+        )
+        .replace(
+            "        - pattern: /tmp/[^x]*/deep/**\n          permissions: [write]\n",
+            "",
+        );
+    assert_ne!(leafy, RAW_RULES);
+    add(
+        "raw-leaf-filter",
+        profile_of(&policy_yaml(
+            "EnhanceProtect",
+            &format!("      privileged: true\n      auditViolations: true\n{leafy}"),
+        )),
+    );
     out
 }
 

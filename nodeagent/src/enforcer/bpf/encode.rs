@@ -30,6 +30,7 @@ use std::net::IpAddr;
 
 use varmor_policy::automaton::{Automaton, DEAD};
 use varmor_policy::bundle::{BpfMode, BpfProfile, EgressAddress, PathVerdict, RuleAction};
+use varmor_policy::glob::Pattern;
 use varmor_policy::names::perm;
 
 use super::layout::*;
@@ -155,6 +156,9 @@ pub fn encode(p: &BpfProfile) -> Result<EncodedProfile, EncodeError> {
     };
     let rows: Vec<u32> = p.path_verdicts.iter().flat_map(verdict_words).collect();
     h.path = encode_automaton(&p.path_automaton, path_bits, &rows, &mut blob);
+    if p.mode == BpfMode::Enforce {
+        h.leaf = leaf_filter(p, &mut blob);
+    }
 
     // Mounts.
     check_automaton(&p.mount_automaton, "mount", p.mounts.len())?;
@@ -259,7 +263,6 @@ pub fn encode(p: &BpfProfile) -> Result<EncodedProfile, EncodeError> {
             }
         }
     }
-    records.sort_by_key(|(a, _)| *a);
     if records.len() > MAX_RULES_PER_KIND {
         return Err(EncodeError::TooMany {
             what: "egress records (addresses times port ranges)",
@@ -267,12 +270,21 @@ pub fn encode(p: &BpfProfile) -> Result<EncodedProfile, EncodeError> {
             max: MAX_RULES_PER_KIND,
         });
     }
-    let words: Vec<u32> = records
+    let index = egress_index(records.into_iter().map(|(_, r)| r).collect());
+    let words: Vec<u32> = index
+        .scanned
         .iter()
-        .flat_map(|(_, r)| r.iter().copied())
+        .chain(&index.indexed)
+        .flat_map(|r| r.iter().copied())
         .collect();
-    h.egress_count = records.len() as u32;
+    h.egress_count = (index.scanned.len() + index.indexed.len()) as u32;
+    h.egress_scan_count = index.scanned.len() as u32;
     h.egress_off = blob.section(&words, 16);
+    h.egress_prefix_count = (index.prefixes.len() / VA_EGRESS_PREFIX_WORDS as usize) as u32;
+    h.egress_prefixes_off = blob.section(&index.prefixes, 8);
+    h.egress_buckets_off = blob.section(&index.buckets, 2);
+    h.egress_bucket_mask = (index.buckets.len() / 2).saturating_sub(1) as u32;
+    h.egress_seed = index.seed;
 
     let values = blob.finish();
     if values.len() > VA_MAX_BLOB_VALUES as usize {
@@ -288,6 +300,89 @@ pub fn encode(p: &BpfProfile) -> Result<EncodedProfile, EncodeError> {
         blob: values,
         content_hash,
     })
+}
+
+/// Egress records arranged for the kernel's lookup (see `varmor.h`).
+struct EgressIndex {
+    /// Checked one by one, strongest action first.
+    scanned: Vec<[u32; 16]>,
+    /// Grouped by bucket, strongest action first within a bucket.
+    indexed: Vec<[u32; 16]>,
+    /// `[family, prefix, mask0..3, 0, 0]` per distinct (family, prefix) of `indexed`.
+    prefixes: Vec<u32>,
+    /// `[offset into indexed, count]` per bucket (a power of two of them).
+    buckets: Vec<u32>,
+    seed: u32,
+}
+
+/// Splits the records into the scanned list (any address, pod-self) and a hash index of the
+/// address records, so a connect costs one bucket per distinct prefix length instead of one
+/// step per record. A bucket holds at most `VA_EGRESS_BUCKET_MAX` records: of a few seeds the
+/// one that leaves the fewest over is kept, and those go to the scanned list (still exact,
+/// only slower).
+fn egress_index(records: Vec<[u32; 16]>) -> EgressIndex {
+    let (mut scanned, keyed): (Vec<[u32; 16]>, Vec<[u32; 16]>) = records
+        .into_iter()
+        .partition(|r| r[1] != VA_EGRESS_V4 && r[1] != VA_EGRESS_V6);
+    let prefix_of = |r: &[u32; 16]| -> u32 { r[8..12].iter().map(|m| m.count_ones()).sum() };
+    let family_of = |r: &[u32; 16]| -> u32 {
+        if r[1] == VA_EGRESS_V4 {
+            4
+        } else {
+            6
+        }
+    };
+    let mut prefixes: Vec<(u32, u32, [u32; 4])> = Vec::new();
+    for r in &keyed {
+        let key = (family_of(r), prefix_of(r), [r[8], r[9], r[10], r[11]]);
+        if !prefixes.contains(&key) {
+            prefixes.push(key);
+        }
+    }
+    let nbuckets = keyed.len().max(1).next_power_of_two() * 2;
+    let bucket_of = |seed: u32, r: &[u32; 16]| -> usize {
+        let addr = [r[4], r[5], r[6], r[7]];
+        egress_hash(seed, family_of(r), prefix_of(r), &addr) as usize & (nbuckets - 1)
+    };
+    let overflow = |seed: u32| -> usize {
+        let mut count = vec![0usize; nbuckets];
+        for r in &keyed {
+            count[bucket_of(seed, r)] += 1;
+        }
+        count
+            .iter()
+            .map(|&c| c.saturating_sub(VA_EGRESS_BUCKET_MAX as usize))
+            .sum()
+    };
+    let seed = (0..8u32).min_by_key(|&s| overflow(s)).unwrap_or(0);
+    let mut per_bucket: Vec<Vec<[u32; 16]>> = vec![Vec::new(); nbuckets];
+    for r in keyed {
+        per_bucket[bucket_of(seed, &r)].push(r);
+    }
+    let mut indexed = Vec::new();
+    let mut buckets = Vec::with_capacity(nbuckets * 2);
+    for mut b in per_bucket {
+        // Records arrive strongest first; a bucket keeps its strongest.
+        b.sort_by_key(|r| r[0]);
+        if b.len() > VA_EGRESS_BUCKET_MAX as usize {
+            scanned.extend(b.split_off(VA_EGRESS_BUCKET_MAX as usize));
+        }
+        buckets.push(indexed.len() as u32);
+        buckets.push(b.len() as u32);
+        indexed.extend(b);
+    }
+    scanned.sort_by_key(|r| r[0]);
+    let prefixes = prefixes
+        .into_iter()
+        .flat_map(|(f, p, m)| [f, p, m[0], m[1], m[2], m[3], 0, 0])
+        .collect();
+    EgressIndex {
+        scanned,
+        indexed,
+        prefixes,
+        buckets,
+        seed,
+    }
 }
 
 /// One egress destination as the kernel compares it.
@@ -507,6 +602,64 @@ fn encode_automaton(
     h.accept_off = blob.section(&accept, 1);
     h.rows_off = blob.section(rows, 4);
     h
+}
+
+/// The leaf filter: the automaton of the file rules' patterns reversed, so that `file_open`
+/// can walk the last component of a path backwards (then `/`) and allow at once when no file
+/// rule can match, without resolving the whole path. Only states from which a match is still
+/// reachable are live. Absent (`walk_count` 0) when there are no file rules, when the walk
+/// could never stop early (a pattern ending in `**`, such as `/etc/**`, keeps every state
+/// live: the filter would only add cost), or when the reversed patterns do not fit an
+/// automaton (a reversed automaton can be larger than the forward one).
+fn leaf_filter(p: &BpfProfile, blob: &mut Blob) -> AutomatonHeader {
+    let rules: Vec<&str> = p
+        .files
+        .iter()
+        .filter(|r| r.permissions & !perm::EXEC != 0)
+        .map(|r| r.pattern.as_str())
+        .collect();
+    let mut patterns = Vec::with_capacity(rules.len());
+    for r in &rules {
+        match Pattern::parse(r) {
+            Ok(p) => patterns.push(p.reversed()),
+            // The compiler built the forward automaton from the same patterns.
+            Err(_) => return AutomatonHeader::default(),
+        }
+    }
+    if patterns.is_empty() {
+        return AutomatonHeader::default();
+    }
+    let Ok(a) = Automaton::build(&patterns) else {
+        return AutomatonHeader::default();
+    };
+    let own: Vec<u8> = a
+        .accept
+        .iter()
+        .map(|&r| if r == 0 { 0 } else { FILE_BIT })
+        .collect();
+    let reach = reachable_bits(&a, &own);
+    // Can a walk from a start ever reach a state from which nothing matches?
+    let classes = a.class_count as usize;
+    let mut seen = vec![false; a.state_count as usize];
+    let mut stack: Vec<usize> = a.starts.iter().map(|&s| s as usize).collect();
+    let mut can_stop = false;
+    while let Some(s) = stack.pop() {
+        if seen[s] {
+            continue;
+        }
+        seen[s] = true;
+        if reach[s] == 0 {
+            can_stop = true;
+            break;
+        }
+        for c in 0..classes {
+            stack.push(a.transitions[s * classes + c] as usize);
+        }
+    }
+    if !can_stop {
+        return AutomatonHeader::default();
+    }
+    encode_automaton(&a, |_| FILE_BIT, &[], blob)
 }
 
 /// For every state, the kinds of verdict reachable from it (itself included).

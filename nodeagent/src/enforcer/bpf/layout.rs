@@ -138,6 +138,15 @@ pub struct Header {
     pub mount_rule_count: u32,
     pub mount_ids_off: u32,
     pub mount_ids_count: u32,
+    /// The leaf filter (reversed file patterns; see `varmor.h`).
+    pub leaf: AutomatonHeader,
+    /// The egress index (see `varmor.h`).
+    pub egress_scan_count: u32,
+    pub egress_prefixes_off: u32,
+    pub egress_prefix_count: u32,
+    pub egress_buckets_off: u32,
+    pub egress_bucket_mask: u32,
+    pub egress_seed: u32,
 }
 
 impl Header {
@@ -184,6 +193,22 @@ impl Header {
         {
             put_u32(&mut b, s + 4 * k, v);
         }
+        let l = VA_HDR_OFF_LEAF as usize;
+        self.leaf.write(&mut b[l..l + a]);
+        let e = VA_HDR_OFF_EGRESS_INDEX as usize;
+        for (k, v) in [
+            self.egress_scan_count,
+            self.egress_prefixes_off,
+            self.egress_prefix_count,
+            self.egress_buckets_off,
+            self.egress_bucket_mask,
+            self.egress_seed,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            put_u32(&mut b, e + 4 * k, v);
+        }
         b
     }
 
@@ -193,6 +218,8 @@ impl Header {
         let p = VA_HDR_OFF_PATH as usize;
         let m = VA_HDR_OFF_MNT as usize;
         let s = VA_HDR_OFF_SECTIONS as usize;
+        let l = VA_HDR_OFF_LEAF as usize;
+        let e = VA_HDR_OFF_EGRESS_INDEX as usize;
         let mut caps = [0u64; 4];
         let mut ptrace_any = [0u32; 4];
         let mut ptrace_ext = [0u32; 4];
@@ -219,6 +246,13 @@ impl Header {
             mount_rule_count: get_u32(b, s + 20),
             mount_ids_off: get_u32(b, s + 24),
             mount_ids_count: get_u32(b, s + 28),
+            leaf: AutomatonHeader::read(&b[l..l + a]),
+            egress_scan_count: get_u32(b, e),
+            egress_prefixes_off: get_u32(b, e + 4),
+            egress_prefix_count: get_u32(b, e + 8),
+            egress_buckets_off: get_u32(b, e + 12),
+            egress_bucket_mask: get_u32(b, e + 16),
+            egress_seed: get_u32(b, e + 20),
         }
     }
 }
@@ -291,6 +325,15 @@ pub fn ipv6_words(v6: std::net::Ipv6Addr) -> [u32; 4] {
     w
 }
 
+/// The egress index hash of (family, prefix, masked address words), as `varmor.h` defines it.
+pub fn egress_hash(seed: u32, family: u32, prefix: u32, words: &[u32; 4]) -> u32 {
+    let mut h = (seed ^ (family << 8 | prefix)).wrapping_mul(VA_HASH_MUL);
+    for w in words {
+        h = (h ^ w).wrapping_mul(VA_HASH_MUL);
+    }
+    h ^ (h >> 15)
+}
+
 /// `struct va_config`.
 pub fn config_bytes(init_mnt_ns: u32) -> [u8; CONFIG_SIZE] {
     let mut b = [0u8; CONFIG_SIZE];
@@ -353,12 +396,16 @@ mod tests {
         h.path.classes[b'/' as usize] = 3;
         h.path.live = [(1, 5), (2, 9), (1, 9)];
         h.mnt.starts[7] = 42;
+        h.leaf.trans_off = 77;
+        h.egress_seed = 5;
         let b = h.to_bytes();
         assert_eq!(Header::from_bytes(&b), h);
         assert_eq!(get_u64(&b, 16 + 24), 1 << 40);
         assert_eq!(b[VA_HDR_OFF_PATH as usize + b'/' as usize], 3);
         assert_eq!(get_u32(&b, VA_HDR_OFF_MNT as usize + 296 + 28), 42);
-        assert_eq!(get_u32(&b, HEADER_SIZE - 4), 9);
+        assert_eq!(get_u32(&b, VA_HDR_OFF_SECTIONS as usize + 28), 9);
+        assert_eq!(get_u32(&b, VA_HDR_OFF_LEAF as usize + 328), 77);
+        assert_eq!(get_u32(&b, HEADER_SIZE - 4), 5);
     }
 
     #[test]

@@ -66,6 +66,24 @@ impl<'a> Model<'a> {
         states.into_iter().filter(|&s| live(s)).collect()
     }
 
+    /// `file_open`'s leaf filter: the last component walked backwards, then `/`; true when
+    /// every walk is dead (no file rule can match). The root has no leaf: never filtered.
+    pub fn leaf_says_no_rule(&self, path: &str) -> bool {
+        let a = &self.h.leaf;
+        if a.walk_count == 0 {
+            return false;
+        }
+        let Some(cut) = path.rfind('/') else {
+            return false;
+        };
+        let leaf = &path.as_bytes()[cut + 1..];
+        if leaf.is_empty() || leaf.len() > 255 {
+            return false;
+        }
+        let input: Vec<u8> = leaf.iter().rev().copied().chain([b'/']).collect();
+        self.walk(a, VA_KIND_FILE as usize, &input).is_empty()
+    }
+
     fn path(&self, path: &str, requested: u32) -> u32 {
         let kind = if requested == perm::EXEC {
             VA_KIND_EXEC
@@ -76,6 +94,9 @@ impl<'a> Model<'a> {
         } as usize;
         let a = &self.h.path;
         if a.walk_count == 0 || a.live[kind].1 <= a.live[kind].0 {
+            return VA_ACT_NONE;
+        }
+        if kind == VA_KIND_FILE as usize && self.leaf_says_no_rule(path) {
             return VA_ACT_NONE;
         }
         let mut v = [0u32; 4];
@@ -162,12 +183,12 @@ impl<'a> Model<'a> {
             IpAddr::V4(a) => (4, [u32::from(a), 0, 0, 0]),
             IpAddr::V6(a) => (6, ipv6_words(a)),
         };
-        for i in 0..self.h.egress_count {
+        let port = u32::from(port);
+        let hit = |i: u32| -> Option<u32> {
             let r = u64::from(self.h.egress_off) + u64::from(i) * 16;
             let w = |k: u64| self.word(r + k);
-            let port = u32::from(port);
             if port < w(2) || port > w(3) {
-                continue;
+                return None;
             }
             let hit = match w(1) {
                 VA_EGRESS_ANY => true,
@@ -184,11 +205,33 @@ impl<'a> Model<'a> {
                 }
                 _ => false,
             };
-            if hit {
-                return w(0);
+            hit.then(|| w(0))
+        };
+        // The scanned records: the first hit is their strongest.
+        let mut best = (0..self.h.egress_scan_count)
+            .find_map(hit)
+            .unwrap_or(VA_ACT_NONE);
+        // The index: one bucket per (family, prefix).
+        for i in 0..self.h.egress_prefix_count {
+            let p = u64::from(self.h.egress_prefixes_off) + u64::from(i) * 8;
+            if self.word(p) != family {
+                continue;
+            }
+            let mut masked = [0u32; 4];
+            for (k, m) in masked.iter_mut().enumerate() {
+                *m = addr[k] & self.word(p + 2 + k as u64);
+            }
+            let h = egress_hash(self.h.egress_seed, family, self.word(p + 1), &masked);
+            let b =
+                u64::from(self.h.egress_buckets_off) + u64::from(h & self.h.egress_bucket_mask) * 2;
+            let (off, count) = (self.word(b), self.word(b + 1));
+            if let Some(a) = (0..count.min(VA_EGRESS_BUCKET_MAX))
+                .find_map(|k| hit(self.h.egress_scan_count + off + k))
+            {
+                best = best.min(a);
             }
         }
-        VA_ACT_NONE
+        best
     }
 
     fn ptrace(&self, perm: u32, external: bool) -> u32 {
