@@ -397,6 +397,25 @@ static __always_inline __u32 verdict_action(__u32 v[4], __u32 requested)
 	return VA_ACT_NONE;
 }
 
+/* A profile's tables could not be read: counted, and the access is denied with an event
+ * (fail closed). Returns the action; sets the event flag. */
+static __always_inline __u32 table_error(__u32 *flags)
+{
+	stat_inc(VA_STAT_TABLE_ERRORS);
+	*flags = VA_EVF_TABLE_ERROR;
+	return VA_ACT_DENY_AUDIT;
+}
+
+/* What a hook returns for act: -EPERM (counted) for the deny actions, unless the profile
+ * only complains. */
+static __always_inline int verdict_ret(struct va_header *h, __u32 act)
+{
+	if (h->mode == VA_MODE_COMPLAIN || act > VA_ACT_DENY)
+		return 0;
+	stat_inc(VA_STAT_DENIALS);
+	return -EPERM;
+}
+
 /* ---- paths --------------------------------------------------------------------------- */
 
 struct resolve_ctx {
@@ -505,9 +524,7 @@ static __always_inline int decide_path(struct who *w, struct va_scratch *s, __u3
 		__u32 v[4] = {};
 		__u32 ro[VA_MAX_WALKS], rc[VA_MAX_WALKS];
 		if (!blob || walk(w, blob, &h->path, 0, kind, start, len, v, ro, rc) < 0) {
-			stat_inc(VA_STAT_TABLE_ERRORS);
-			act = VA_ACT_DENY_AUDIT;
-			flags = VA_EVF_TABLE_ERROR;
+			act = table_error(&flags);
 		} else {
 			act = verdict_action(v, requested);
 		}
@@ -521,13 +538,7 @@ static __always_inline int decide_path(struct who *w, struct va_scratch *s, __u3
 			event_path(s, start, len);
 		send(s);
 	}
-	if (h->mode == VA_MODE_COMPLAIN)
-		return 0;
-	if (act <= VA_ACT_DENY) {
-		stat_inc(VA_STAT_DENIALS);
-		return -EPERM;
-	}
-	return 0;
+	return verdict_ret(h, act);
 }
 
 /* The leaf filter (struct va_header): walks the last component of the opened file backwards,
@@ -786,11 +797,7 @@ int BPF_PROG(varmor_capable, const struct cred *cred, struct user_namespace *ns,
 			send(s);
 		}
 	}
-	if (h->mode != VA_MODE_COMPLAIN && act <= VA_ACT_DENY) {
-		stat_inc(VA_STAT_DENIALS);
-		return -EPERM;
-	}
-	return 0;
+	return verdict_ret(h, act);
 }
 
 /* ---- sockets ------------------------------------------------------------------------- */
@@ -879,9 +886,7 @@ int BPF_PROG(varmor_socket_create, int family, int type, int protocol, int kern,
 			if (c.blob)
 				bpf_loop(h->socket_count, socket_step, &c, 0);
 			if (!c.blob || c.err) {
-				stat_inc(VA_STAT_TABLE_ERRORS);
-				c.act = VA_ACT_DENY_AUDIT;
-				flags = VA_EVF_TABLE_ERROR;
+				c.act = table_error(&flags);
 			}
 			act = c.act;
 		}
@@ -898,11 +903,7 @@ int BPF_PROG(varmor_socket_create, int family, int type, int protocol, int kern,
 			send(s);
 		}
 	}
-	if (h->mode != VA_MODE_COMPLAIN && act <= VA_ACT_DENY) {
-		stat_inc(VA_STAT_DENIALS);
-		return -EPERM;
-	}
-	return 0;
+	return verdict_ret(h, act);
 }
 
 /* Whether the egress record r matches the connect in c. */
@@ -1062,9 +1063,7 @@ int BPF_PROG(varmor_socket_connect, struct socket *sock, struct sockaddr *addres
 			if (c.blob && !c.err && h->egress_prefix_count)
 				bpf_loop(h->egress_prefix_count, egress_prefix_step, &c, 0);
 			if (!c.blob || c.err) {
-				stat_inc(VA_STAT_TABLE_ERRORS);
-				c.act = VA_ACT_DENY_AUDIT;
-				flags = VA_EVF_TABLE_ERROR;
+				c.act = table_error(&flags);
 			}
 			act = c.act;
 		}
@@ -1084,11 +1083,7 @@ int BPF_PROG(varmor_socket_connect, struct socket *sock, struct sockaddr *addres
 			send(s);
 		}
 	}
-	if (h->mode != VA_MODE_COMPLAIN && act <= VA_ACT_DENY) {
-		stat_inc(VA_STAT_DENIALS);
-		return -EPERM;
-	}
-	return 0;
+	return verdict_ret(h, act);
 }
 
 /* ---- ptrace -------------------------------------------------------------------------- */
@@ -1127,11 +1122,7 @@ static __always_inline int ptrace_side(struct who *w, __u32 perm, int external, 
 			send(s);
 		}
 	}
-	if (h->mode != VA_MODE_COMPLAIN && act <= VA_ACT_DENY) {
-		stat_inc(VA_STAT_DENIALS);
-		return -EPERM;
-	}
-	return 0;
+	return verdict_ret(h, act);
 }
 
 SEC("lsm/ptrace_access_check")
@@ -1260,8 +1251,7 @@ static __always_inline int decide_mount(struct who *w, struct va_scratch *s, int
 		__u32 v[4] = {};
 		__u32 ro[VA_MAX_WALKS] = {}, rc[VA_MAX_WALKS] = {};
 		if (!blob || walk(w, blob, &h->mnt, 1, VA_KIND_FILE, start, len, v, ro, rc) < 0) {
-			act = VA_ACT_DENY_AUDIT;
-			evflags = VA_EVF_TABLE_ERROR;
+			act = table_error(&evflags);
 		} else {
 			struct mount_ctx c = {};
 			c.blob = blob;
@@ -1286,8 +1276,7 @@ static __always_inline int decide_mount(struct who *w, struct va_scratch *s, int
 			else if (total)
 				bpf_loop(total, mount_rule_step, &c, 0);
 			if (c.err) {
-				act = VA_ACT_DENY_AUDIT;
-				evflags = VA_EVF_TABLE_ERROR;
+				act = table_error(&evflags);
 			} else {
 				act = c.best;
 			}
@@ -1313,13 +1302,7 @@ static __always_inline int decide_mount(struct who *w, struct va_scratch *s, int
 			event_path(s, start, len);
 		send(s);
 	}
-	if (h->mode == VA_MODE_COMPLAIN)
-		return 0;
-	if (act <= VA_ACT_DENY) {
-		stat_inc(VA_STAT_DENIALS);
-		return -EPERM;
-	}
-	return 0;
+	return verdict_ret(h, act);
 }
 
 SEC("lsm/sb_mount")

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `baseline` is the benchmark's vArmor-style linear matcher (only `benches/` embeds it).
-const PROGRAMS: &[&str] = &["varmor", "probe", "baseline"];
+const PROGRAMS: &[&str] = &["varmor", "probe", "baseline", "exits"];
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));

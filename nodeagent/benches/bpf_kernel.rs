@@ -8,8 +8,11 @@
 //! * side by side, a baseline that matches the same 64 rules per type one by one with a fixed
 //!   prefix and suffix compare (as vArmor does; `bpf-programs/baseline.bpf.c`).
 //!
-//! All are measured side by side in one run, in rounds, and printed as ratios to the
-//! unconfined cost and as overhead relative to the floor's overhead. Under emulation (TCG)
+//! All are measured side by side in one run, in rounds: each round measures every
+//! configuration (it loads the enforcer and removes it again), ratios are taken within a round
+//! and the median over rounds is printed, so the emulator's speed drifting with other work on
+//! the host cancels out. Printed: ratios to the unconfined cost, and overheads relative to the
+//! floor's overhead and to the enforcer's cost for a process outside any container. Under emulation (TCG)
 //! only ratios mean anything. Needs BPF-LSM: run it with `scripts/kernel-tests --bench` (or
 //! `make bench-kernel`); elsewhere it prints why it cannot run.
 
@@ -402,7 +405,7 @@ fn main() {
     let rounds: usize = std::env::var("VARMOR_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let scale: u64 = std::env::var("VARMOR_BENCH_SCALE")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -466,69 +469,61 @@ fn main() {
                 .push(v);
         }
     };
-    // Rows without the enforcer (unconfined, the floor, the linear scan) are measured before it
-    // is loaded and again after it is gone; the enforcer is loaded once (seconds under
-    // emulation) and each round binds the process to each profile in turn.
+    // Every round measures every configuration: first those without the enforcer (unconfined,
+    // the floor, the linear scan), then the enforcer is loaded (seconds under emulation), the
+    // process is bound to each profile in turn, and the enforcer is removed again. Ratios are
+    // taken within a round and the median over rounds is printed, so the emulator's speed
+    // drifting over minutes (other work on the host) cancels out.
     let started = Instant::now();
-    let plain = |m: &mut Measured, record: &mut dyn FnMut(&str, &mut Measured), when: &str| {
-        for round in 0..rounds {
-            eprintln!(
-                "{when} the enforcer: round {}/{rounds} ({:.0}s)",
-                round + 1,
-                started.elapsed().as_secs_f64()
-            );
-            m.run("open", 1000, SHORT);
-            record("a unconfined", m);
-            {
-                let _empty = attach_empty();
-                record("b empty LSM program", m);
-            }
-            {
-                let _baseline = attach_baseline(64, m.ns);
-                record("e linear-scan baseline, 64 rules/type", m);
-            }
-        }
-    };
-    plain(&mut m, &mut record, "before");
-    let _ = destroy_pins(Path::new(PIN_ROOT));
-    let e = BpfEnforcer::for_host(
-        &HostFs::new("/"),
-        BpfOptions {
-            pin_root: PIN_ROOT.into(),
-            event_thread: false,
-            grace: Duration::ZERO,
-        },
-    );
-    assert!(e.capability().available, "{}", e.capability().reason);
-    let verified: Vec<(String, Option<u32>)> = e
-        .programs()
-        .iter()
-        .map(|p| (p.name.clone(), p.verified_instructions))
-        .collect();
     let base = compile_yaml(&yaml("RuntimeDefault", ""));
-    for (i, (_, profile)) in profiles.iter().enumerate() {
-        let mut b = base.clone();
-        b.profile_name = format!("bench-{i}");
-        b.bpf = Some(profile.clone());
-        let o = rt.block_on(e.apply(&RevisedBundle {
-            bundle: b,
-            revision: 1,
-        }));
-        assert_eq!(o.status, ResultStatus::Applied, "{o:?}");
-    }
     let info = ContainerInfo {
         id: "bench".into(),
         mnt_ns_id: m.ns,
         ..Default::default()
     };
+    let mut verified: Vec<(String, Option<u32>)> = Vec::new();
     for round in 0..rounds {
         eprintln!(
-            "enforcer: round {}/{rounds} ({:.0}s)",
+            "round {}/{rounds} ({:.0}s)",
             round + 1,
             started.elapsed().as_secs_f64()
         );
-        rt.block_on(e.unbind(&info));
         // Warm up caches once per round.
+        m.run("open", 1000, SHORT);
+        record("a unconfined", &mut m);
+        {
+            let _empty = attach_empty();
+            record("b empty LSM program", &mut m);
+        }
+        {
+            let _baseline = attach_baseline(64, m.ns);
+            record("e linear-scan baseline, 64 rules/type", &mut m);
+        }
+        let _ = destroy_pins(Path::new(PIN_ROOT));
+        let e = BpfEnforcer::for_host(
+            &HostFs::new("/"),
+            BpfOptions {
+                pin_root: PIN_ROOT.into(),
+                event_thread: false,
+                grace: Duration::ZERO,
+            },
+        );
+        assert!(e.capability().available, "{}", e.capability().reason);
+        verified = e
+            .programs()
+            .iter()
+            .map(|p| (p.name.clone(), p.verified_instructions))
+            .collect();
+        for (i, (_, profile)) in profiles.iter().enumerate() {
+            let mut b = base.clone();
+            b.profile_name = format!("bench-{i}");
+            b.bpf = Some(profile.clone());
+            let o = rt.block_on(e.apply(&RevisedBundle {
+                bundle: b,
+                revision: 1,
+            }));
+            assert_eq!(o.status, ResultStatus::Applied, "{o:?}");
+        }
         m.run("open", 1000, SHORT);
         record("c enforcer, process not confined", &mut m);
         for (i, (name, _)) in profiles.iter().enumerate() {
@@ -537,22 +532,31 @@ fn main() {
             record(&format!("d{i} {name}"), &mut m);
             let _ = e.read_events();
         }
+        rt.block_on(e.unbind(&info));
+        drop(e);
+        destroy_pins(Path::new(PIN_ROOT)).expect("detach");
     }
-    drop(e);
-    destroy_pins(Path::new(PIN_ROOT)).expect("detach");
-    plain(&mut m, &mut record, "after");
     eprintln!("measured in {:.0}s", started.elapsed().as_secs_f64());
     drop(m);
     let d = cs(root.to_str().expect("utf8"));
     unsafe { libc::umount2(d.as_ptr(), libc::MNT_DETACH) };
 
-    let median = |v: &Vec<f64>| {
-        let mut s = v.clone();
+    let median = |v: &[f64]| {
+        let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        if s.is_empty() {
+            return f64::NAN;
+        }
         s.sort_by(|a, b| a.partial_cmp(b).expect("number"));
         s[s.len() / 2]
     };
+    // Per round: f(sample of config A, sample of config B, ...) for one operation.
+    let per_round =
+        |f: &dyn Fn(usize) -> f64| -> f64 { median(&(0..rounds).map(f).collect::<Vec<_>>()) };
+    let sample = |config: &str, label: &str, round: usize| results[config][label][round];
+    let u = "a unconfined";
+    let fl = "b empty LSM program";
     println!(
-        "\nBPF-LSM cost per operation, median of {rounds} rounds (TCG: only ratios mean anything)"
+        "\nBPF-LSM cost per operation; ratios taken within each of {rounds} rounds, median over rounds (TCG: only ratios mean anything)"
     );
     println!(
         "verifier instructions: {}",
@@ -562,57 +566,68 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let base = &results["a unconfined"];
-    let floor = &results["b empty LSM program"];
-    print!("{:<36}", "configuration");
+    print!("{:<38}", "configuration");
     for (label, ..) in &ops {
-        print!("{label:>24}");
+        print!("{label:>26}");
     }
     println!();
-    for (config, by_op) in &results {
-        print!("{:<36}", &config[2..]);
+    for config in results.keys() {
+        print!("{:<38}", &config[2..]);
         for (label, ..) in &ops {
-            let t = median(&by_op[label]);
-            let b = median(&base[label]);
-            let f = median(&floor[label]);
-            let overhead = if f > b { (t - b) / (f - b) } else { f64::NAN };
-            print!(
-                "{:>24}",
-                format!("{:.0}ns {:.2}x ({:.1}xF)", t, t / b, overhead)
-            );
+            let t = median(&results[config][*label]);
+            let ratio = per_round(&|r| sample(config, label, r) / sample(u, label, r));
+            print!("{:>26}", format!("{t:.0}ns {ratio:.3}x"));
         }
         println!();
     }
-    println!("\nNxF: overhead over unconfined as a multiple of the empty program's overhead (the floor).");
-    let one = &results["d2 1 rule/type"];
-    let sixty_four = &results["d3 64 rules/type"];
-    let many = &results["d4 1024 rules/type"];
-    let scan = &results["e linear-scan baseline, 64 rules/type"];
+    println!("\nEach cell: median time per operation, and the median of the per-round ratios to unconfined.");
     let overhead =
-        |r: &BTreeMap<&str, Vec<f64>>, label: &str| median(&r[label]) - median(&base[label]);
+        |config: &str, label: &str, r: usize| sample(config, label, r) - sample(u, label, r);
     println!("\nGoals: 1,024 rules <= 1.10x 1 rule; 64-rule overhead <= 2x the floor's and below the linear scan's.");
     println!(
-        "{:<12}{:>22}{:>26}{:>26}{:>22}",
+        "{:<12}{:>18}{:>18}{:>26}{:>26}{:>26}",
         "operation",
+        "floor ovh",
         "1,024 vs 1 rule",
         "64 rules ovh / floor ovh",
         "64 rules vs linear scan",
-        "ovh vs scan ovh"
+        "64 ovh / not-confined ovh"
     );
+    let one = "d2 1 rule/type";
+    let sixty_four = "d3 64 rules/type";
+    let many = "d4 1024 rules/type";
+    let scan = "e linear-scan baseline, 64 rules/type";
+    let outside = "c enforcer, process not confined";
     for (label, ..) in &ops {
         println!(
-            "{:<12}{:>22}{:>26}{:>26}{:>22}",
+            "{:<12}{:>18}{:>18}{:>26}{:>26}{:>26}",
             label,
-            format!("{:.2}x", median(&many[label]) / median(&one[label])),
             format!(
-                "{:.2}x",
-                overhead(sixty_four, label) / overhead(floor, label)
+                "{:+.1}%",
+                100.0 * per_round(&|r| overhead(fl, label, r) / sample(u, label, r))
             ),
-            format!("{:.2}x", median(&sixty_four[label]) / median(&scan[label])),
+            format!(
+                "{:.3}x",
+                per_round(&|r| sample(many, label, r) / sample(one, label, r))
+            ),
             format!(
                 "{:.2}x",
-                overhead(sixty_four, label) / overhead(scan, label)
+                per_round(&|r| overhead(sixty_four, label, r) / overhead(fl, label, r))
+            ),
+            format!(
+                "{:.3}x",
+                per_round(&|r| sample(sixty_four, label, r) / sample(scan, label, r))
+            ),
+            format!(
+                "{:.2}x",
+                per_round(&|r| overhead(sixty_four, label, r) / overhead(outside, label, r))
             ),
         );
     }
+    println!(
+        "\nfloor ovh: the empty program's cost as a share of the unconfined operation; when it is \
+         within the noise (a few %), \"ovh / floor ovh\" is not meaningful. \"64 ovh / not-confined ovh\": \
+         the 64-rule profile's overhead as a multiple of the enforcer's cost for a process outside \
+         any container (one hash lookup)."
+    );
 }

@@ -28,7 +28,7 @@ use crate::server::{self, NodeStateService};
 use crate::session::{self, SessionContext};
 use crate::state::StateDir;
 use crate::status::ConnectionStatus;
-use crate::violations::enrich::Enricher;
+use crate::violations::enrich::{Enricher, ExitedLookup};
 use crate::violations::fanout::{Pipeline, PipelineConfig};
 use crate::violations::kernlog::{self, KernLogConfig};
 use varmor_rpc::metrics::MetricsServer;
@@ -231,12 +231,33 @@ impl Agent {
             pipeline: Some(pipeline.clone()),
         };
         let containers = Arc::new(ContainerRegistry::new());
-        let enricher = Arc::new(Enricher::new(
+        let mut enricher = Enricher::new(
             node.clone(),
             host.clone(),
             containers.clone(),
             ctx.applier.profiles().clone(),
-        ));
+        );
+        if config.violations.audit.is_some() {
+            // Audit records of processes that exited before they were read.
+            match crate::exits::ExitTracker::start(&host) {
+                Ok(tracker) => {
+                    tracing::info!("exit tracker attached (raw tracepoint sched_process_exit)");
+                    let tracker = Arc::new(std::sync::Mutex::new(tracker));
+                    enricher = enricher.with_exited(ExitedLookup(Arc::new(move |pid| {
+                        tracker
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .mount_namespace(pid)
+                    })));
+                }
+                Err(reason) => tracing::warn!(
+                    %reason,
+                    "audit records of processes that exited before the agent read them cannot \
+                     be attributed to their container"
+                ),
+            }
+        }
+        let enricher = Arc::new(enricher);
         let service = NodeStateService::new(ctx.clone(), containers.clone());
         let mut tasks = Vec::new();
         // After the held profiles were restored: containers running now are bound at once.

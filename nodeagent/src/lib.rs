@@ -19,6 +19,7 @@ pub mod containers;
 pub mod enforcer;
 pub mod error;
 pub mod events;
+pub mod exits;
 pub mod fsutil;
 pub mod gateway;
 pub mod host;

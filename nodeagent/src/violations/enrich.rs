@@ -77,6 +77,17 @@ pub struct Enricher {
     profiles: Arc<HeldProfiles>,
     profile_changes: tokio::sync::watch::Receiver<u64>,
     indexes: Mutex<Indexes>,
+    exited: Option<ExitedLookup>,
+}
+
+/// The mount namespace of a process that already exited (see [`crate::exits`]).
+#[derive(Clone)]
+pub struct ExitedLookup(pub Arc<dyn Fn(u32) -> Option<u32> + Send + Sync>);
+
+impl std::fmt::Debug for ExitedLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExitedLookup")
+    }
 }
 
 /// The name of a policy kind in events (`policyKind` of violations.log).
@@ -103,7 +114,14 @@ impl Enricher {
             profiles,
             profile_changes,
             indexes: Mutex::new(Indexes::default()),
+            exited: None,
         }
+    }
+
+    /// Where to look for the mount namespace of a process `/proc` no longer knows.
+    pub fn with_exited(mut self, lookup: ExitedLookup) -> Self {
+        self.exited = Some(lookup);
+        self
     }
 
     /// Fills in what `event` lacks. Fields the source set are kept, except the node name,
@@ -112,6 +130,8 @@ impl Enricher {
         event.node_name.clone_from(&self.node);
         if event.mnt_ns_id == 0 && event.pid != 0 {
             if let Ok(ns) = mount_namespace(&self.host, event.pid) {
+                event.mnt_ns_id = ns;
+            } else if let Some(ns) = self.exited.as_ref().and_then(|f| (f.0)(event.pid)) {
                 event.mnt_ns_id = ns;
             }
         }
@@ -315,6 +335,31 @@ mod tests {
         };
         e.enrich(&mut later);
         assert!(later.container_id.is_empty());
+    }
+
+    #[test]
+    fn a_process_that_exited_is_found_through_the_exit_lookup() {
+        // PID 0x7fff_fff0 has no /proc entry (above pid_max).
+        let gone = 0x7fff_fff0;
+        let (_d, profiles) = profiles_with("varmor-demo-x", v1::PolicyKind::VarmorPolicy);
+        let e = Enricher::new("n", HostFs::new("/"), registry_with(99, None), profiles)
+            .with_exited(ExitedLookup(Arc::new(move |pid| {
+                (pid == gone).then_some(99)
+            })));
+        let mut ev = v1::Event {
+            pid: gone,
+            ..Default::default()
+        };
+        e.enrich(&mut ev);
+        assert_eq!(ev.mnt_ns_id, 99);
+        assert_eq!(ev.container_id, "c1");
+        let mut other = v1::Event {
+            pid: gone - 1,
+            ..Default::default()
+        };
+        e.enrich(&mut other);
+        assert_eq!(other.mnt_ns_id, 0);
+        assert!(other.container_id.is_empty());
     }
 
     #[test]

@@ -566,8 +566,10 @@ pub const UNTRIGGERABLE_CAPS: &[(u32, &str)] = &[
     ),
     (
         33,
-        "no trigger yet: removing a profile through AppArmor's .remove answered ENOENT \
-         without a CAP_MAC_ADMIN check reaching the BPF hook (not understood yet)",
+        "nothing asks the LSM capable hook for CAP_MAC_ADMIN on this kernel: AppArmor checks \
+         it for policy loads with cap_capable() directly (policy_ns_capable; a write to \
+         .load from a denied container got past it and failed later with EPROTONOSUPPORT), \
+         and SELinux and Smack, the other users, are not running",
     ),
 ];
 
