@@ -11,10 +11,13 @@
 //! * When the buffer is full a new event is dropped (it gets no sequence number) and counted;
 //!   the count goes to the manager in the next batch's `dropped` (again after a reconnect when
 //!   that batch was not acknowledged) and shows in `GetState`.
+//! * An accepted event is held once (`Arc`): the buffer, the live feed and the violation
+//!   pipeline's other sinks share it ([`EventBuffer::push_shared`]); it is copied only into
+//!   the batches sent to the manager.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use tokio::sync::{broadcast, watch, Notify};
@@ -60,7 +63,7 @@ pub struct EventCounters {
 
 #[derive(Debug)]
 struct Inner {
-    queue: VecDeque<v1::Event>,
+    queue: VecDeque<Arc<v1::Event>>,
     capacity: usize,
     next_sequence: u64,
     /// Sequences below this are covered by `events.seq`.
@@ -82,7 +85,7 @@ pub struct EventBuffer {
     sequence_file: Option<PathBuf>,
     inner: Mutex<Inner>,
     notify: Notify,
-    live: broadcast::Sender<v1::Event>,
+    live: broadcast::Sender<Arc<v1::Event>>,
 }
 
 impl EventBuffer {
@@ -143,7 +146,18 @@ impl EventBuffer {
 
     /// Adds an event: it gets the next sequence number, this node's name and (if unset) the
     /// current time. When the buffer is full the event is dropped and counted.
-    pub fn push(&self, mut event: v1::Event) -> Pushed {
+    pub fn push(&self, event: v1::Event) -> Pushed {
+        match self.push_shared(event) {
+            Ok(shared) => Pushed::Accepted(shared.sequence),
+            Err(_) => Pushed::Dropped,
+        }
+    }
+
+    /// [`EventBuffer::push`], returning the accepted event as the buffer holds it (with its
+    /// sequence number and this node's name) so that other sinks can share it without a copy.
+    /// When the buffer is full the event is counted as dropped and handed back unchanged
+    /// (boxed: the rare path pays for the allocation, not every call for a large `Result`).
+    pub fn push_shared(&self, mut event: v1::Event) -> Result<Arc<v1::Event>, Box<v1::Event>> {
         let mut s = self.lock();
         if s.queue.len() >= s.capacity {
             s.dropped += 1;
@@ -154,7 +168,7 @@ impl EventBuffer {
                 tracing::warn!(node = %self.node, dropped, "event buffer full; dropping events");
             }
             self.notify.notify_one();
-            return Pushed::Dropped;
+            return Err(Box::new(event));
         }
         let sequence = s.next_sequence;
         if sequence >= s.reserved_until {
@@ -164,16 +178,26 @@ impl EventBuffer {
         s.next_sequence += 1;
         s.produced += 1;
         event.sequence = sequence;
-        event.node_name = self.node.clone();
+        if event.node_name != self.node {
+            event.node_name.clone_from(&self.node);
+        }
         if event.time.is_none() {
             event.time = Some(SystemTime::now().into());
         }
+        let event = Arc::new(event);
         s.queue.push_back(event.clone());
         drop(s);
-        // Nobody watching is fine.
-        let _ = self.live.send(event);
+        // Nobody watching is fine (and then nothing is sent).
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(event.clone());
+        }
         self.notify.notify_one();
-        Pushed::Accepted(sequence)
+        Ok(event)
+    }
+
+    /// This node's name, as accepted events carry it.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The counters.
@@ -189,7 +213,7 @@ impl EventBuffer {
     }
 
     /// A live feed of accepted events (for `WatchEvents`).
-    pub fn subscribe(&self) -> broadcast::Receiver<v1::Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<v1::Event>> {
         self.live.subscribe()
     }
 
@@ -227,7 +251,7 @@ impl EventBuffer {
             .iter()
             .skip(start)
             .take(MAX_BATCH)
-            .cloned()
+            .map(|e| v1::Event::clone(e))
             .collect();
         if events.is_empty() && s.unreported_drops == 0 {
             return None;
@@ -409,6 +433,25 @@ mod tests {
             (c.produced, c.acked, c.buffered, c.dropped, c.capacity),
             (3, 3, 0, 1, 3)
         );
+    }
+
+    #[test]
+    fn a_shared_push_holds_one_copy_and_hands_a_dropped_event_back() {
+        let b = EventBuffer::open("n1", 1, None).expect("open");
+        let mut e = event();
+        e.node_name = "elsewhere".into();
+        let shared = b.push_shared(e).expect("accepted");
+        assert_eq!((shared.sequence, shared.node_name.as_str()), (1, "n1"));
+        assert!(shared.time.is_some());
+        // The buffer holds the very event the caller got.
+        assert_eq!(Arc::strong_count(&shared), 2);
+        let mut full = event();
+        full.pid = 7;
+        let back = b.push_shared(full.clone()).expect_err("buffer full");
+        assert_eq!(*back, full, "handed back unchanged");
+        assert_eq!(b.counters().dropped, 1);
+        let batch = b.next_batch().expect("batch");
+        assert_eq!(batch.events, [v1::Event::clone(&shared)]);
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl NodeState for NodeStateService {
         let node = self.ctx.config.node_name.clone();
         let stream =
             BroadcastStream::new(self.ctx.events.subscribe()).filter_map(move |r| match r {
-                Ok(e) if matches(&filter, &e) => Some(Ok(e)),
+                Ok(e) if matches(&filter, &e) => Some(Ok(Arc::unwrap_or_clone(e))),
                 Ok(_) => None,
                 Err(BroadcastStreamRecvError::Lagged(n)) => {
                     tracing::warn!(

@@ -419,20 +419,35 @@ impl Pipeline {
         if event.time.is_none() {
             event.time = Some(SystemTime::now().into());
         }
-        let mut sequence = None;
-        if let Some(up) = &self.upstream {
-            if self.log.is_none() && self.otlp.is_none() {
-                return match up.push(event) {
+        if self.log.is_none() && self.otlp.is_none() {
+            return match &self.upstream {
+                Some(up) => match up.push(event) {
                     Pushed::Accepted(s) => Some(s),
                     Pushed::Dropped => None,
-                };
-            }
-            if let Pushed::Accepted(s) = up.push(event.clone()) {
-                event.sequence = s;
-                sequence = Some(s);
-            }
+                },
+                None => None,
+            };
         }
-        let event = Arc::new(event);
+        let (event, sequence) = match &self.upstream {
+            // The buffer sets its node's name on what it accepts; when that is the name the
+            // event already has, the other sinks share the buffer's copy.
+            Some(up) if event.node_name == up.node() => match up.push_shared(event) {
+                Ok(shared) => {
+                    let s = shared.sequence;
+                    (shared, Some(s))
+                }
+                Err(event) => (Arc::new(*event), None),
+            },
+            Some(up) => {
+                let mut sequence = None;
+                if let Pushed::Accepted(s) = up.push(event.clone()) {
+                    event.sequence = s;
+                    sequence = Some(s);
+                }
+                (Arc::new(event), sequence)
+            }
+            None => (Arc::new(event), None),
+        };
         if let Some(q) = &self.log {
             q.push(event.clone());
         }
@@ -624,6 +639,49 @@ mod tests {
         q.push(Arc::new(event(9)));
         assert_eq!(c.dropped(), 4, "a closed queue takes nothing");
         assert_eq!(c.unreported.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn the_sinks_get_what_they_got_before_sharing() {
+        // The other sinks share the upstream copy only when it equals what they got before:
+        // an event naming another node keeps its name there (upstream sets its own).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = Arc::new(EventBuffer::open("n1", 2, None).expect("buffer"));
+        let mut config = PipelineConfig::new("n1");
+        let mut log = ViolationLogConfig::new("n1", "ns");
+        log.path = dir.path().join("violations.log");
+        config.log = Some(log);
+        let p = Pipeline::start(config, Some(up.clone())).expect("start");
+        let mut foreign = event(2);
+        foreign.node_name = "n2".into();
+        assert_eq!(p.submit(event(1)), Some(1));
+        assert_eq!(p.submit(foreign), Some(2));
+        assert_eq!(p.submit(event(3)), None, "upstream full");
+        p.shutdown(Duration::from_secs(5)).await;
+        let text = std::fs::read_to_string(dir.path().join("violations.log")).expect("log");
+        let nodes: Vec<(String, u64)> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                (
+                    v["nodeName"].as_str().unwrap().to_string(),
+                    v["pid"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            nodes,
+            [("n1".into(), 1), ("n2".into(), 2), ("n1".into(), 3)]
+        );
+        let batch = up.next_batch().expect("batch");
+        assert_eq!(
+            batch
+                .events
+                .iter()
+                .map(|e| (e.node_name.as_str(), e.sequence))
+                .collect::<Vec<_>>(),
+            [("n1", 1), ("n1", 2)]
+        );
     }
 
     #[test]
