@@ -55,6 +55,8 @@ use serde::de::IgnoredAny;
 use serde_json::{Map, Value as Json};
 use varmor_proto::v1;
 
+use crate::violations::json;
+
 /// Where vArmor (and we) write violations on a node.
 pub const DEFAULT_PATH: &str = "/var/log/varmor/violations.log";
 /// Rotate before the file would exceed this many bytes (lumberjack's `MaxSize: 10`, MiB).
@@ -533,8 +535,11 @@ fn put_event(out: &mut Vec<u8>, json: &str) -> bool {
         out.extend_from_slice(b"{}");
         return true;
     }
-    // Validate without building a tree; the common case is then a plain copy.
-    if serde_json::from_str::<IgnoredAny>(text).is_err() {
+    // Validate without building a tree (the fast subset first); the common case is then a
+    // plain copy.
+    if json::parse(text, &mut json::Validate).is_err()
+        && serde_json::from_str::<IgnoredAny>(text).is_err()
+    {
         put_str(out, json);
         return false;
     }
@@ -556,32 +561,50 @@ fn put_event(out: &mut Vec<u8>, json: &str) -> bool {
     true
 }
 
+/// Per byte, how [`put_str`] writes it: 0 as it is, else the character after the backslash
+/// (`u` for `\u00XX`).
+const ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = b'u';
+        b += 1;
+    }
+    t[0x08] = b'b';
+    t[0x0c] = b'f';
+    t[b'\n' as usize] = b'n';
+    t[b'\r' as usize] = b'r';
+    t[b'\t' as usize] = b't';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
 /// Appends `s` as a JSON string (the escapes of Go's and serde's encoders for `"`, `\` and
 /// control characters).
 pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0..=0x1f => b"",
-            _ => continue,
-        };
+        let escape = ESCAPE[usize::from(b)];
+        if escape == 0 {
+            continue;
+        }
         out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
+        if escape == b'u' {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
         } else {
-            out.extend_from_slice(escape);
+            out.extend_from_slice(&[b'\\', escape]);
         }
         start = i + 1;
     }
@@ -660,7 +683,15 @@ mod tests {
 
     #[test]
     fn strings_escape_like_json_encoders() {
-        for s in ["plain", "q\"b\\s", "tab\tnl\nbell\u{7}", "ünï\u{2028}", ""] {
+        let every_ascii: String = (0u8..0x80).map(char::from).collect();
+        for s in [
+            "plain",
+            "q\"b\\s",
+            "tab\tnl\nbell\u{7}",
+            "ünï\u{2028}𝄞\u{7f}",
+            "",
+            &every_ascii,
+        ] {
             let mut out = Vec::new();
             put_str(&mut out, s);
             assert_eq!(
@@ -691,6 +722,49 @@ mod tests {
             let mut out = Vec::new();
             assert_eq!(put_event(&mut out, input), valid, "{input:?}");
             assert_eq!(String::from_utf8(out).unwrap(), want, "{input:?}");
+        }
+    }
+
+    /// `put_event` as it was before the fast path: `serde_json` only.
+    fn put_event_serde(out: &mut Vec<u8>, json: &str) -> bool {
+        let text = json.trim();
+        if text.is_empty() {
+            out.extend_from_slice(b"{}");
+            return true;
+        }
+        if serde_json::from_str::<IgnoredAny>(text).is_err() {
+            put_str(out, json);
+            return false;
+        }
+        if text.bytes().any(|b| b == b'\n' || b == b'\r') {
+            match serde_json::from_str::<Json>(text)
+                .ok()
+                .and_then(|v| serde_json::to_vec(&v).ok())
+            {
+                Some(compact) => out.extend_from_slice(&compact),
+                None => {
+                    put_str(out, json);
+                    return false;
+                }
+            }
+        } else {
+            out.extend_from_slice(text.as_bytes());
+        }
+        true
+    }
+
+    #[test]
+    fn event_json_is_embedded_as_serde_json_would() {
+        let (mut fast, mut general) = (Vec::new(), Vec::new());
+        for text in json::tests::corpus() {
+            fast.clear();
+            general.clear();
+            assert_eq!(
+                put_event(&mut fast, &text),
+                put_event_serde(&mut general, &text),
+                "{text:?}"
+            );
+            assert_eq!(fast, general, "{text:?}");
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod enrich;
 pub mod fanout;
+mod json;
 pub mod kernlog;
 pub mod logfile;
 pub mod otlp;
