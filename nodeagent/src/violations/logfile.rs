@@ -413,6 +413,22 @@ impl ViolationLog {
             }
             return self.open_file();
         }
+        // The oldest goes first, so that no rename below replaces a file: ext4 (auto_da_alloc)
+        // writes out the renamed file's data in the renaming thread when a rename replaces one,
+        // which stalled this writer on every rotation.
+        let oldest = self.backup(self.config.max_backups);
+        match fs::remove_file(&oldest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                self.open_file()?;
+                return Err(LogFileError::Rotate {
+                    from: oldest,
+                    to: PathBuf::from("(removed)"),
+                    source,
+                });
+            }
+        }
         for n in (1..self.config.max_backups).rev() {
             let (from, to) = (self.backup(n), self.backup(n + 1));
             match fs::rename(&from, &to) {
