@@ -5,7 +5,7 @@
 //! * [`Pipeline::submit`] never blocks and never waits for a sink: the upstream buffer is
 //!   bounded and counts its own drops; each other sink has a bounded queue of its own, and an
 //!   event that finds it full is dropped *for that sink only* and counted.
-//! * One event is built once and shared (`Arc`) by the sink queues.
+//! * One event is built once and shared (`Arc`) by the upstream buffer and the sink queues.
 //! * `violations.log` is written by a dedicated thread (plain blocking file I/O, buffered,
 //!   flushed after each batch; after a partial batch it lingers 1 ms so that a steady trickle
 //!   costs one wakeup per millisecond, not one per event); OTLP by a Tokio task that batches by size and time and

@@ -32,7 +32,7 @@
 //! [`OtlpExporter::export`] sends one request per batch with the configured headers and
 //! per-attempt timeout. The request is encoded once per batch, straight from the events into
 //! protobuf bytes ([`OtlpExporter::encode_request`]; no `opentelemetry-proto` message tree,
-//! which cost four times as much, mostly in allocation), and those bytes are sent by every
+//! which cost four to eight times as much, mostly in allocation), and those bytes are sent by every
 //! attempt. `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`
 //! and `CANCELLED` (the OTLP spec's retryable codes; a collector that is down yields
 //! `UNAVAILABLE`) are retried with jittered exponential backoff until
