@@ -161,9 +161,12 @@ static __always_inline struct va_scratch *scratch(void)
 	return bpf_map_lookup_elem(&v_scratch, &zero);
 }
 
+/* Direct loads through BTF pointers (the verifier turns them into fault-safe loads, without a
+ * helper call per field as BPF_CORE_READ makes): every hooked operation of every process on the
+ * node pays for this, contained or not. A task without nsproxy (exiting) reads as 0. */
 static __always_inline __u32 task_mnt_ns(struct task_struct *t)
 {
-	return BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum);
+	return t->nsproxy->mnt_ns->ns.inum;
 }
 
 /* The profile of the current task: 0 when it is not in a container. */
@@ -550,23 +553,26 @@ static __always_inline int leaf_says_no_rule(struct who *w, struct va_scratch *s
 	struct va_header *h = w->h;
 	if (!h || h->mode != VA_MODE_ENFORCE || !h->leaf.walk_count)
 		return 0;
-	struct dentry *d = BPF_CORE_READ(file, f_path.dentry);
-	struct vfsmount *mnt = BPF_CORE_READ(file, f_path.mnt);
+	struct dentry *d = file->f_path.dentry;
+	struct vfsmount *mnt = file->f_path.mnt;
 	/* d_path would not end in this dentry's name for the root of a mount (a bind-mounted
 	 * file, like a container's /etc/hosts, is named after its source), the root itself, or
 	 * an unhashed (deleted) dentry (" (deleted)" is appended). */
-	if (d == BPF_CORE_READ(mnt, mnt_root) || d == BPF_CORE_READ(d, d_parent) ||
-	    !BPF_CORE_READ(d, d_hash.pprev))
+	if (!d || !mnt || d == mnt->mnt_root || d == d->d_parent || !d->d_hash.pprev)
 		return 0;
-	__u32 len = BPF_CORE_READ(d, d_name.len);
+	__u32 len = d->d_name.len;
 	if (len == 0 || len > 255)
 		return 0;
-	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
+	const unsigned char *name = d->d_name.name;
 	if (bpf_probe_read_kernel(&s->path[LEAF_AT], len & 255, name))
 		return 0;
 	s->path[LEAF_AT - 1] = '/';
 	void *blob = bpf_map_lookup_elem(&v_blobs, &w->slot);
 	if (!blob)
+		return 0;
+	struct va_automaton *a = &h->leaf;
+	__u32 nw = a->walk_count;
+	if (nw > VA_MAX_WALKS)
 		return 0;
 	struct walk_ctx c = {};
 	c.blob = blob;
@@ -574,16 +580,15 @@ static __always_inline int leaf_says_no_rule(struct who *w, struct va_scratch *s
 	c.start = LEAF_AT + len - 1;
 	c.mount = 2;
 	c.reverse = 1;
-	c.lo = h->leaf.live_lo[VA_KIND_FILE];
-	c.span = h->leaf.live_hi[VA_KIND_FILE] - c.lo;
-	c.nclasses = h->leaf.class_count;
-	c.trans_off = h->leaf.trans_off;
-	c.nwalks = h->leaf.walk_count;
-	if (c.nwalks > VA_MAX_WALKS)
-		return 0;
+	c.lo = a->live_lo[VA_KIND_FILE];
+	c.span = a->live_hi[VA_KIND_FILE] - c.lo;
+	c.nclasses = a->class_count;
+	c.trans_off = a->trans_off;
+	c.nwalks = nw;
 #pragma unroll
 	for (int k = 0; k < VA_MAX_WALKS; k++)
-		c.states[k] = h->leaf.starts[k];
+		c.states[k] = a->starts[k];
+	/* The input is the name backwards, then '/': len + 1 bytes, the last at LEAF_AT - 1. */
 	bpf_loop(len + 1, walk_step, &c, 0);
 	if (c.err)
 		return 0;

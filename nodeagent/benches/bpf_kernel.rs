@@ -168,9 +168,18 @@ impl Measured {
     }
 
     fn run(&mut self, op: &str, n: u64, arg: &str) -> f64 {
+        self.run_with_programs(op, n, arg).0
+    }
+
+    /// Runs `n` operations; returns the time per operation and the time our BPF programs ran
+    /// per operation (from the kernel's BPF run-time statistics, which [`main`] enables).
+    fn run_with_programs(&mut self, op: &str, n: u64, arg: &str) -> (f64, f64) {
+        let before = program_run_time_ns();
         writeln!(self.stdin, "{op} {n} {arg}").expect("write");
         self.stdin.flush().expect("flush");
-        answer(&mut self.stdout).parse().expect("ns")
+        let t = answer(&mut self.stdout).parse().expect("ns");
+        let after = program_run_time_ns();
+        (t, after.saturating_sub(before) as f64 / n as f64)
     }
 }
 
@@ -179,6 +188,16 @@ impl Drop for Measured {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The total run time of every loaded BPF program named `varmor_*` (the enforcer's, the empty
+/// floor programs and the linear-scan baseline), while run-time statistics are enabled.
+fn program_run_time_ns() -> u64 {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("varmor_")))
+        .map(|p| p.run_time().as_nanos() as u64)
+        .sum()
 }
 
 fn answer(r: &mut BufReader<ChildStdout>) -> String {
@@ -458,15 +477,25 @@ fn main() {
     let mut m = Measured::spawn(&root);
     // results[config][op] = samples (ns per op)
     let mut results: BTreeMap<String, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    // programs[config][op] = samples (ns of BPF program run time per op)
+    let mut programs: BTreeMap<String, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    // The kernel counts each program's run time while this descriptor is open.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF run-time statistics");
     let mut record = |config: &str, m: &mut Measured| {
         for (label, op, n, arg) in &ops {
-            let v = m.run(op, *n, arg);
+            let (v, p) = m.run_with_programs(op, *n, arg);
             results
                 .entry(config.to_string())
                 .or_default()
                 .entry(label)
                 .or_default()
                 .push(v);
+            programs
+                .entry(config.to_string())
+                .or_default()
+                .entry(label)
+                .or_default()
+                .push(p);
         }
     };
     // Every round measures every configuration: first those without the enforcer (unconfined,
@@ -621,6 +650,60 @@ fn main() {
             format!(
                 "{:.2}x",
                 per_round(&|r| overhead(sixty_four, label, r) / overhead(outside, label, r))
+            ),
+        );
+    }
+    // The programs' own run time: no syscall around it, so far less noise than the totals.
+    println!(
+        "\nBPF program run time per operation (kernel run-time statistics; the trampoline that calls \
+         a program is not included), median over rounds:"
+    );
+    print!("{:<38}", "configuration");
+    for (label, ..) in &ops {
+        print!("{label:>14}");
+    }
+    println!();
+    for config in programs.keys() {
+        if config == u {
+            continue;
+        }
+        print!("{:<38}", &config[2..]);
+        for (label, ..) in &ops {
+            print!(
+                "{:>14}",
+                format!("{:.0}ns", median(&programs[config][*label]))
+            );
+        }
+        println!();
+    }
+    let prog = |config: &str, label: &str, r: usize| programs[config][label][r];
+    println!(
+        "{:<12}{:>18}{:>22}{:>26}{:>30}",
+        "operation",
+        "1,024 vs 1 rule",
+        "64 rules vs scan",
+        "64 rules vs empty program",
+        "64 rules, share of the op"
+    );
+    for (label, ..) in &ops {
+        println!(
+            "{:<12}{:>18}{:>22}{:>26}{:>30}",
+            label,
+            format!(
+                "{:.3}x",
+                per_round(&|r| prog(many, label, r) / prog(one, label, r))
+            ),
+            format!(
+                "{:.3}x",
+                per_round(&|r| prog(sixty_four, label, r) / prog(scan, label, r))
+            ),
+            format!(
+                "{:.2}x",
+                per_round(&|r| prog(sixty_four, label, r) / prog(fl, label, r))
+            ),
+            format!(
+                "{:.2}%",
+                100.0 * per_round(&|r| prog(sixty_four, label, r) / sample(u, label, r))
             ),
         );
     }
