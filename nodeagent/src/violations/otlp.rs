@@ -529,6 +529,17 @@ fn semconv_attributes(e: &v1::Event) -> [(&'static str, &String); 7] {
     ]
 }
 
+/// The `varmor.*` attributes of the profile and policy, left out when empty (shared by the
+/// record tree and the direct encoder, like [`semconv_attributes`]).
+fn policy_attributes(e: &v1::Event) -> [(&'static str, &String); 4] {
+    [
+        ("varmor.profile", &e.profile_name),
+        ("varmor.policy.kind", &e.policy_kind),
+        ("varmor.policy.name", &e.policy_name),
+        ("varmor.policy.namespace", &e.policy_namespace),
+    ]
+}
+
 /// The log record of one violation (see the module docs).
 pub fn log_record(e: &v1::Event, observed_time_unix_nano: u64) -> LogRecord {
     let mut attributes = Vec::with_capacity(18);
@@ -540,12 +551,7 @@ pub fn log_record(e: &v1::Event, observed_time_unix_nano: u64) -> LogRecord {
     attributes.push(kv_int("process.pid", e.pid.into()));
     attributes.push(kv_str("varmor.enforcer", enforcer_name(e.enforcer)));
     attributes.push(kv_str("varmor.action", &e.action));
-    for (key, value) in [
-        ("varmor.profile", &e.profile_name),
-        ("varmor.policy.kind", &e.policy_kind),
-        ("varmor.policy.name", &e.policy_name),
-        ("varmor.policy.namespace", &e.policy_namespace),
-    ] {
+    for (key, value) in policy_attributes(e) {
         if !value.is_empty() {
             attributes.push(kv_str(key, value));
         }
@@ -944,12 +950,7 @@ fn write_log_record(buf: &mut Vec<u8>, field: u32, e: &v1::Event, observed: u64)
     wire::kv_int(buf, 6, "process.pid", e.pid.into());
     wire::kv_str(buf, 6, "varmor.enforcer", enforcer_name(e.enforcer));
     wire::kv_str(buf, 6, "varmor.action", &e.action);
-    for (key, value) in [
-        ("varmor.profile", &e.profile_name),
-        ("varmor.policy.kind", &e.policy_kind),
-        ("varmor.policy.name", &e.policy_name),
-        ("varmor.policy.namespace", &e.policy_namespace),
-    ] {
+    for (key, value) in policy_attributes(e) {
         if !value.is_empty() {
             wire::kv_str(buf, 6, key, value);
         }
