@@ -320,6 +320,35 @@ static long walk_step(__u32 i, void *data)
 	return alive ? 0 : 1;
 }
 
+/* Runs the walks of automaton a (which: 0 path, 1 mount, 2 leaf filter) over len bytes of the
+ * scratch path from start (downwards when reverse); c holds the final states and the live
+ * range of kind. Returns -1 when the automaton is malformed or a table could not be read. */
+static __always_inline int run_walks(struct walk_ctx *c, void *blob, __u32 slot,
+				     struct va_automaton *a, __u32 which, __u32 kind, __u32 start,
+				     __u32 len, __u32 reverse)
+{
+	c->blob = blob;
+	c->slot = slot;
+	c->start = start;
+	c->mount = which;
+	c->reverse = reverse;
+	if (kind > 2)
+		return -1;
+	c->lo = a->live_lo[kind];
+	c->span = a->live_hi[kind] - c->lo;
+	c->nclasses = a->class_count;
+	c->trans_off = a->trans_off;
+	c->nwalks = a->walk_count;
+	if (c->nwalks > VA_MAX_WALKS)
+		return -1;
+#pragma unroll
+	for (int k = 0; k < VA_MAX_WALKS; k++)
+		c->states[k] = a->starts[k];
+	if (len > 0)
+		bpf_loop(len, walk_step, c, 0);
+	return c->err ? -1 : 0;
+}
+
 /* Walks the automaton over s->path[start..start+len) and ORs the verdict rows of the final
  * states into v[4] (path automaton) or records the mount rows in rows[] (mount automaton).
  * Returns -1 when a table could not be read. */
@@ -328,25 +357,7 @@ static __always_inline int walk(struct who *w, void *blob, struct va_automaton *
 				__u32 rows_off[VA_MAX_WALKS], __u32 rows_cnt[VA_MAX_WALKS])
 {
 	struct walk_ctx c = {};
-	c.blob = blob;
-	c.slot = w->slot;
-	c.start = start;
-	c.mount = mount;
-	if (kind > 2)
-		return -1;
-	c.lo = a->live_lo[kind];
-	c.span = a->live_hi[kind] - c.lo;
-	c.nclasses = a->class_count;
-	c.trans_off = a->trans_off;
-	c.nwalks = a->walk_count;
-	if (c.nwalks > VA_MAX_WALKS)
-		return -1;
-#pragma unroll
-	for (int k = 0; k < VA_MAX_WALKS; k++)
-		c.states[k] = a->starts[k];
-	if (len > 0)
-		bpf_loop(len, walk_step, &c, 0);
-	if (c.err)
+	if (run_walks(&c, blob, w->slot, a, mount, kind, start, len, 0) < 0)
 		return -1;
 	__u32 accept_off = a->accept_off;
 	__u32 rows = a->rows_off;
@@ -570,27 +581,10 @@ static __always_inline int leaf_says_no_rule(struct who *w, struct va_scratch *s
 	void *blob = bpf_map_lookup_elem(&v_blobs, &w->slot);
 	if (!blob)
 		return 0;
-	struct va_automaton *a = &h->leaf;
-	__u32 nw = a->walk_count;
-	if (nw > VA_MAX_WALKS)
-		return 0;
-	struct walk_ctx c = {};
-	c.blob = blob;
-	c.slot = w->slot;
-	c.start = LEAF_AT + len - 1;
-	c.mount = 2;
-	c.reverse = 1;
-	c.lo = a->live_lo[VA_KIND_FILE];
-	c.span = a->live_hi[VA_KIND_FILE] - c.lo;
-	c.nclasses = a->class_count;
-	c.trans_off = a->trans_off;
-	c.nwalks = nw;
-#pragma unroll
-	for (int k = 0; k < VA_MAX_WALKS; k++)
-		c.states[k] = a->starts[k];
 	/* The input is the name backwards, then '/': len + 1 bytes, the last at LEAF_AT - 1. */
-	bpf_loop(len + 1, walk_step, &c, 0);
-	if (c.err)
+	struct walk_ctx c = {};
+	if (run_walks(&c, blob, w->slot, &h->leaf, 2, VA_KIND_FILE, LEAF_AT + len - 1, len + 1, 1) <
+	    0)
 		return 0;
 #pragma unroll
 	for (int k = 0; k < VA_MAX_WALKS; k++) {
