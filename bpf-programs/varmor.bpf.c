@@ -62,6 +62,9 @@ _Static_assert(__builtin_offsetof(struct va_event, path) == VA_EV_OFF_PATH, "eve
 _Static_assert(sizeof(struct va_event) == VA_EV_SIZE, "event size");
 _Static_assert(sizeof(struct va_config) == VA_CONFIG_SIZE, "config size");
 _Static_assert(sizeof(struct va_words) == VA_VALUE_SIZE, "value size");
+_Static_assert(__builtin_offsetof(struct sockaddr_in, sin_port) ==
+		       __builtin_offsetof(struct sockaddr_in6, sin6_port),
+	       "port offset");
 
 /* ---- maps ---------------------------------------------------------------------------- */
 
@@ -596,6 +599,90 @@ static __always_inline int leaf_says_no_rule(struct who *w, struct va_scratch *s
 	return 1;
 }
 
+/* The top filter (VA_HF_TOP_FILTER): climbs from the opened file to the component of its path
+ * just below the task's root, with direct loads through BTF pointers and at most one mount
+ * crossing (a mount on a top-level directory, like /proc or a volume), and walks
+ * "/<component>/" through the path automaton. Returns 1 when every walk dies there, so no file
+ * rule can match the path; 0 when it cannot tell (deeper than VA_TOP_MAX_DEPTH, more mount
+ * crossings, a file at the top level, a disconnected or deleted dentry, a path outside the
+ * task's root). The walk is done under RCU like d_path's; a concurrent rename shows the
+ * component's old or new name, either of which was the path at some instant. */
+static __always_inline int top_says_no_rule(struct who *w, struct va_scratch *s,
+					    struct file *file)
+{
+	struct va_header *h = w->h;
+	if (!h || h->mode != VA_MODE_ENFORCE || !(h->flags & VA_HF_TOP_FILTER))
+		return 0;
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct dentry *root = t->fs->root.dentry;
+	struct vfsmount *root_mnt = t->fs->root.mnt;
+	struct dentry *d = file->f_path.dentry;
+	struct vfsmount *mnt = file->f_path.mnt;
+	if (!d || !mnt || !d->d_hash.pprev)
+		return 0;
+	struct dentry *mnt_root = mnt->mnt_root;
+	struct dentry *top = 0;
+	__u32 reached = 0; /* 1: the task's root; 2: the root of the file's mount */
+	for (int i = 0; i < VA_TOP_MAX_DEPTH; i++) {
+		if (d == root && mnt == root_mnt) {
+			reached = 1;
+			break;
+		}
+		if (d == mnt_root) {
+			reached = 2;
+			break;
+		}
+		struct dentry *p = d->d_parent;
+		if (!p || p == d)
+			return 0;
+		top = d;
+		d = p;
+	}
+	if (!reached || !top)
+		return 0;
+	__u64 top_at = (__u64)top;
+	if (reached == 2) {
+		/* One crossing: the mount's mountpoint must sit right below the task's root (in
+		 * the root's mount); it is then the first component. */
+		struct mount *m = (void *)mnt - bpf_core_field_offset(struct mount, mnt);
+		struct mount *pm = BPF_CORE_READ(m, mnt_parent);
+		struct dentry *mp = BPF_CORE_READ(m, mnt_mountpoint);
+		struct dentry *mpp = BPF_CORE_READ(mp, d_parent);
+		if (!pm || pm == m || mpp != root || mp == root ||
+		    (__u64)pm + bpf_core_field_offset(struct mount, mnt) != (__u64)root_mnt)
+			return 0;
+		top_at = (__u64)mp;
+	} else if (top == file->f_path.dentry) {
+		/* A file at the top level: its path has no "/<component>/". */
+		return 0;
+	}
+	struct qstr q;
+	if (bpf_probe_read_kernel(&q, sizeof(q), &((struct dentry *)top_at)->d_name))
+		return 0;
+	__u32 len = q.len;
+	if (len == 0 || len > 255)
+		return 0;
+	/* "/<component>/" at the start of the path buffer (bpf_d_path overwrites it later). */
+	s->path[0] = '/';
+	if (bpf_probe_read_kernel(&s->path[1], len & 255, q.name))
+		return 0;
+	s->path[(len + 1) & (VA_PATH_BUF - 1)] = '/';
+	void *blob = bpf_map_lookup_elem(&v_blobs, &w->slot);
+	if (!blob)
+		return 0;
+	struct walk_ctx c = {};
+	if (run_walks(&c, blob, w->slot, &h->path, 0, VA_KIND_FILE, 0, len + 2, 0) < 0)
+		return 0;
+#pragma unroll
+	for (int k = 0; k < VA_MAX_WALKS; k++) {
+		if (k >= c.nwalks)
+			break;
+		if (c.states[k] - c.lo < c.span)
+			return 0;
+	}
+	return 1;
+}
+
 /* Whether the profile can say anything about accesses of this kind (skips the path). */
 static __always_inline int path_rules_for(struct va_header *h, __u32 kind)
 {
@@ -651,7 +738,7 @@ int BPF_PROG(varmor_file_open, struct file *file, int ret)
 	struct va_scratch *s = scratch();
 	if (!s)
 		return -EPERM;
-	if (leaf_says_no_rule(&w, s, file))
+	if (leaf_says_no_rule(&w, s, file) || top_says_no_rule(&w, s, file))
 		return 0;
 	long n = bpf_d_path((struct path *)&file->f_path, s->path, VA_PATH_MAX);
 	int err = n <= 0 || n > VA_PATH_MAX;
@@ -952,9 +1039,8 @@ static long egress_step(__u32 i, void *data)
 
 /* One (family, prefix) of the egress index: the bucket of the masked address, whose records
  * are sorted strongest first; a hit stronger than what was found so far replaces it. */
-static long egress_prefix_step(__u32 i, void *data)
+static __always_inline long egress_prefix(struct scan_ctx *c, __u32 i)
 {
-	struct scan_ctx *c = data;
 	__u64 word = c->prefixes + (__u64)i * VA_EGRESS_PREFIX_WORDS;
 	struct va_words *v = blob_value(c->blob, word);
 	if (!v) {
@@ -997,6 +1083,11 @@ static long egress_prefix_step(__u32 i, void *data)
 	return 0;
 }
 
+static long egress_prefix_step(__u32 i, void *data)
+{
+	return egress_prefix(data, i);
+}
+
 SEC("lsm/socket_connect")
 int BPF_PROG(varmor_socket_connect, struct socket *sock, struct sockaddr *address, int addrlen,
 	     int ret)
@@ -1009,22 +1100,23 @@ int BPF_PROG(varmor_socket_connect, struct socket *sock, struct sockaddr *addres
 		return deny ? -EPERM : 0;
 	struct va_header *h = w.h;
 	struct scan_ctx c = {};
-	__u16 fam = BPF_CORE_READ(address, sa_family);
-	__u16 port_be;
+	/* Direct loads through the hook's BTF pointer (no helper call) for what lies inside
+	 * struct sockaddr's 16 bytes (the verifier lets sa_data be read as scratch space); only
+	 * an IPv6 address, beyond them, is copied with a helper. */
+	__u16 fam = address->sa_family;
+	struct sockaddr_in *in = (struct sockaddr_in *)address;
 	if (fam == AF_INET) {
 		if (addrlen < (int)sizeof(struct sockaddr_in))
 			return 0;
-		struct sockaddr_in *in = (struct sockaddr_in *)address;
 		c.family = 4;
-		c.addr[0] = bpf_ntohl(BPF_CORE_READ(in, sin_addr.s_addr));
-		port_be = BPF_CORE_READ(in, sin_port);
+		c.addr[0] = bpf_ntohl(in->sin_addr.s_addr);
 	} else if (fam == AF_INET6) {
 		if (addrlen < (int)sizeof(struct sockaddr_in6))
 			return 0;
 		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)address;
 		__u32 a6[4];
-		bpf_probe_read_kernel(a6, sizeof(a6), &in6->sin6_addr);
-		port_be = BPF_CORE_READ(in6, sin6_port);
+		if (bpf_probe_read_kernel(a6, sizeof(a6), &in6->sin6_addr))
+			return 0;
 		__u32 w0 = bpf_ntohl(a6[0]), w1 = bpf_ntohl(a6[1]), w2 = bpf_ntohl(a6[2]),
 		      w3 = bpf_ntohl(a6[3]);
 		if (w0 == 0 && w1 == 0 && w2 == 0xffff) {
@@ -1040,7 +1132,8 @@ int BPF_PROG(varmor_socket_connect, struct socket *sock, struct sockaddr *addres
 	} else {
 		return 0;
 	}
-	c.b = bpf_ntohs(port_be);
+	/* sin_port and sin6_port share the offset. */
+	c.b = bpf_ntohs(in->sin_port);
 	c.cont = w.c;
 	__u32 act = VA_ACT_NONE;
 	__u32 flags = 0;
@@ -1059,7 +1152,10 @@ int BPF_PROG(varmor_socket_connect, struct socket *sock, struct sockaddr *addres
 			c.buckets = h->egress_buckets_off;
 			c.bmask = h->egress_bucket_mask;
 			c.seed = h->egress_seed;
-			if (c.blob && !c.err && h->egress_prefix_count)
+			/* One prefix length (the common case) is looked up without a loop. */
+			if (c.blob && !c.err && h->egress_prefix_count == 1)
+				egress_prefix(&c, 0);
+			else if (c.blob && !c.err && h->egress_prefix_count)
 				bpf_loop(h->egress_prefix_count, egress_prefix_step, &c, 0);
 			if (!c.blob || c.err) {
 				c.act = table_error(&flags);

@@ -29,6 +29,15 @@
 /* The most components walked when a path is built from dentries. */
 #define VA_MAX_DEPTH 256
 
+/* The most levels the top filter climbs from an opened file to its first component. */
+#define VA_TOP_MAX_DEPTH 24
+
+/* Header flags (header.flags). */
+/* The path automaton's walks can all die on "/<first component>/": file_open may read the
+ * first component of an opened file's path (a dentry walk, cheaper than resolving the path)
+ * and allow at once when no file rule can match below it. */
+#define VA_HF_TOP_FILTER 1
+
 /* Profile modes (header.mode). 0 marks a free slot. */
 #define VA_MODE_FREE 0
 #define VA_MODE_ENFORCE 1

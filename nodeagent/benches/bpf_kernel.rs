@@ -465,12 +465,21 @@ fn main() {
         ),
     ];
     let long = long_path();
-    let ops: Vec<(&str, &str, u64, String)> = vec![
+    let mut ops: Vec<(&str, &str, u64, String)> = vec![
         ("open 12 B", "open", 20_000 * scale, SHORT.to_string()),
         ("open 200 B", "open", 20_000 * scale, long.clone()),
         ("execve", "exec", 200 * scale, String::new()),
         ("connect", "connect", 20_000 * scale, String::new()),
     ];
+    // VARMOR_BENCH_OPS=connect,execve measures only those operations (by their loop name).
+    if let Ok(only) = std::env::var("VARMOR_BENCH_OPS") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        ops.retain(|(_, op, ..)| only.contains(op));
+        assert!(
+            !ops.is_empty(),
+            "VARMOR_BENCH_OPS={only:?} names no operation (open, exec, connect)"
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("rt");

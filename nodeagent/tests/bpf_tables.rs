@@ -7,7 +7,7 @@ mod bpf_support;
 
 use proptest::prelude::*;
 use varmor_agent::enforcer::bpf::encode::{encode, EncodeError};
-use varmor_agent::enforcer::bpf::layout::{ContainerEntry, VA_MAX_BLOB_VALUES};
+use varmor_agent::enforcer::bpf::layout::{ContainerEntry, VA_HF_TOP_FILTER, VA_MAX_BLOB_VALUES};
 use varmor_agent::enforcer::bpf::model::Model;
 use varmor_policy::bundle::{BpfProfile, RuleAction};
 use varmor_policy::decide::{decide, Access};
@@ -238,6 +238,80 @@ fn the_leaf_filter_decides_opens_without_the_path_when_it_can() {
     }
     println!("leaf filter: {filtered} of {opens} corpus opens decided without the path");
     assert!(filtered > 0);
+}
+
+#[test]
+fn the_top_filter_decides_opens_below_unruled_top_directories() {
+    // RuntimeDefault's patterns end in `**` (no leaf filter) but all start in /proc or /sys.
+    let rd = profile_of(&policy_yaml("RuntimeDefault", ""));
+    let enc = encode(&rd).expect("encode");
+    assert_eq!(
+        enc.header.leaf.walk_count, 0,
+        "no leaf filter: `**` keeps it live"
+    );
+    assert_ne!(
+        enc.header.flags & VA_HF_TOP_FILTER,
+        0,
+        "the top filter is on"
+    );
+    let model = Model::new(&enc);
+    assert!(model.top_says_no_rule("/etc/passwd"));
+    assert!(model.top_says_no_rule("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+    assert!(!model.top_says_no_rule("/sys/firmware/efi/x"));
+    assert!(!model.top_says_no_rule("/proc/1/mem"));
+    // A prefix of a ruled top directory is not that directory, a longer name is not either.
+    assert!(model.top_says_no_rule("/pro/x"));
+    assert!(model.top_says_no_rule("/system/x"));
+    // A file at the top level has no "/<component>/": never filtered.
+    assert!(!model.top_says_no_rule("/etc"));
+    assert!(!model.top_says_no_rule("/"));
+
+    // Over the corpus: every filtered open is one no file rule matches, and the filter works
+    // on more than one profile.
+    let mut filtered = 0;
+    let mut profiles = 0;
+    for case in corpus() {
+        let enc = encode(&case.profile).expect("encode");
+        let model = Model::new(&enc);
+        let before = filtered;
+        for a in all_accesses(&case) {
+            if let Access::File { path, .. } = &a {
+                if model.top_says_no_rule(path) {
+                    filtered += 1;
+                    let any = case.profile.files.iter().any(|r| {
+                        r.permissions & !1 != 0
+                            && varmor_policy::glob::Pattern::parse(&r.pattern)
+                                .expect("valid")
+                                .matches(path.as_bytes())
+                    });
+                    assert!(!any, "{}: {path} is filtered but a rule matches", case.name);
+                }
+            }
+        }
+        profiles += usize::from(filtered > before);
+    }
+    println!(
+        "top filter: {filtered} corpus opens decided without the path, in {profiles} profiles"
+    );
+    assert!(profiles > 1);
+}
+
+#[test]
+fn no_top_filter_when_a_pattern_matches_under_any_top_directory() {
+    for pattern in ["/*/secret", "/**/id_rsa", "*.key", "/{etc,*}/x"] {
+        let body = format!(
+            "      privileged: true\n      bpfRawRules:\n        files:\n        - pattern: /etc/shadow\n          permissions: [read]\n        - pattern: \"{pattern}\"\n          permissions: [read]\n"
+        );
+        let enc = encode(&profile_of(&policy_yaml("EnhanceProtect", &body))).expect("encode");
+        assert_eq!(
+            enc.header.flags & VA_HF_TOP_FILTER,
+            0,
+            "{pattern}: the filter could never stop"
+        );
+    }
+    let body = "      privileged: true\n      bpfRawRules:\n        files:\n        - pattern: /etc/shadow\n          permissions: [read]\n";
+    let enc = encode(&profile_of(&policy_yaml("EnhanceProtect", body))).expect("encode");
+    assert_ne!(enc.header.flags & VA_HF_TOP_FILTER, 0);
 }
 
 #[test]

@@ -60,6 +60,7 @@ fn main() {
         ("raw_rule_attacks", raw_rule_attacks),
         ("long_paths_fail_closed", long_paths_fail_closed),
         ("overlayfs_reports_once", overlayfs_reports_once),
+        ("top_filter_mounts", top_filter_mounts),
         ("benign_runtime_default", benign_runtime_default),
         ("restart_under_load", restart_under_load),
     ];
@@ -1889,7 +1890,11 @@ fn long_paths_fail_closed(ctx: &Ctx) {
     // /deep/<250 x 17>/leaf: more than 4,095 bytes, reached with relative opens.
     let name = "n".repeat(250);
     deep_tree(&root.path("/deep"), &name, 17);
-    let profile = profile_of(&policy_yaml("RuntimeDefault", ""));
+    // A rule under /deep: the path must be resolved to be decided (the top filter cannot tell).
+    let profile = profile_of(&policy_yaml(
+        "EnhanceProtect",
+        "      privileged: true\n      bpfRawRules:\n        files:\n        - pattern: /deep/**\n          permissions: [write]\n",
+    ));
     let mut a = Proc::spawn(&root);
     let mut b = Proc::spawn(&root);
     ctx.apply("long", &profile);
@@ -1916,9 +1921,21 @@ fn long_paths_fail_closed(ctx: &Ctx) {
         "no leaf at 15: resolved, then ENOENT"
     );
     assert_eq!(b.errno(&format!("openat_deep 17 {name}")), 0);
+    // Under RuntimeDefault no rule can match below /deep: the top filter decides from the
+    // first component, so the long path is allowed without being resolved.
+    ctx.apply("long", &profile_of(&policy_yaml("RuntimeDefault", "")));
+    ctx.events();
+    assert_eq!(a.errno(&format!("openat_deep 17 {name}")), 0);
+    assert!(
+        ctx.events().iter().all(|e| e.mnt_ns != a.ns),
+        "no event for an open no rule can match"
+    );
     ctx.unbind(&a);
     ctx.remove("long");
-    println!("  a 4,267-byte path: EPERM with a DENIED event (fail closed); 3,765 bytes: resolved");
+    println!(
+        "  a 4,267-byte path: EPERM with a DENIED event (fail closed) when a rule lies under its \
+         first component, allowed when none does; 3,765 bytes: resolved"
+    );
 }
 
 /// Creates `depth` nested directories named `name` under `base` and a file `leaf` in the
@@ -1958,6 +1975,99 @@ fn deep_tree(base: &Path, name: &str, depth: usize) {
         libc::close(f);
         libc::close(fd);
     }
+}
+
+/// The top filter (file_open reads only the first component of the path when no file rule can
+/// match below it): the kernel's verdicts equal the full path's on the root mount, across a
+/// mount on a top-level directory (the filter crosses it), a mount deeper down and a bind
+/// mount of a subdirectory (the path is resolved instead), and for a file at the top level.
+fn top_filter_mounts(ctx: &Ctx) {
+    let root = Root::tmpfs("top");
+    let mount_at = |src: &str, dir: &str, fstype: &str, flags: libc::c_ulong| {
+        let (s, d, t) = (
+            cs(src),
+            cs(root.path(dir).to_str().expect("utf8")),
+            cs(fstype),
+        );
+        let r = unsafe { libc::mount(s.as_ptr(), d.as_ptr(), t.as_ptr(), flags, std::ptr::null()) };
+        assert_eq!(r, 0, "mount at {dir}: {}", std::io::Error::last_os_error());
+    };
+    for d in ["/vol", "/etc/sub", "/other", "/alias"] {
+        root.dir(d);
+    }
+    mount_at("tmpfs", "/vol", "tmpfs", 0);
+    mount_at("tmpfs", "/etc/sub", "tmpfs", 0);
+    mount_at("tmpfs", "/other", "tmpfs", 0);
+    for f in [
+        "/vol/secret/x",
+        "/vol/open",
+        "/etc/sub/file",
+        "/etc/shadow",
+        "/etc/passwd",
+        "/usr/lib/libc.so",
+        "/other/secret/x",
+        "/toplevel",
+    ] {
+        root.file(f, 0o644);
+    }
+    // /alias shows /vol/secret: its files' paths start with /alias.
+    let src = root.path("/vol/secret");
+    mount_at(src.to_str().expect("utf8"), "/alias", "", libc::MS_BIND);
+    let rules = "      privileged: true\n      auditViolations: true\n      bpfRawRules:\n        files:\n        - pattern: /vol/secret/**\n          permissions: [read]\n        - pattern: /etc/sub/**\n          permissions: [read]\n        - pattern: /etc/shadow\n          permissions: [read]\n        - pattern: /toplevel\n          permissions: [read]\n";
+    let profile = profile_of(&policy_yaml("EnhanceProtect", rules));
+    let enc = varmor_agent::enforcer::bpf::encode::encode(&profile).expect("encode");
+    assert_ne!(
+        enc.header.flags & VA_HF_TOP_FILTER,
+        0,
+        "the profile gets the top filter"
+    );
+    let model = varmor_agent::enforcer::bpf::model::Model::new(&enc);
+    let mut a = Proc::spawn(&root);
+    ctx.apply("top", &profile);
+    ctx.bind(&a, "top", &[]);
+    let mut filtered = 0;
+    let mut denied = 0;
+    for path in [
+        "/vol/secret/x",
+        "/vol/open",
+        "/etc/sub/file",
+        "/etc/shadow",
+        "/etc/passwd",
+        "/usr/lib/libc.so",
+        "/other/secret/x",
+        "/alias/x",
+        "/toplevel",
+    ] {
+        let access = Access::File {
+            path: path.into(),
+            permissions: perm::READ,
+        };
+        let want = if denies(&profile, &access) {
+            libc::EPERM
+        } else {
+            0
+        };
+        denied += usize::from(want != 0);
+        filtered += usize::from(model.top_says_no_rule(path));
+        assert_eq!(
+            a.errno(&format!("open {} {path}", libc::O_RDONLY)),
+            want,
+            "open {path}"
+        );
+    }
+    assert_eq!(
+        denied, 4,
+        "the denials: /vol/secret, /etc/sub, /etc/shadow, /toplevel"
+    );
+    assert!(
+        filtered >= 3,
+        "the filter decides /usr, /other and /alias opens"
+    );
+    ctx.unbind(&a);
+    ctx.remove("top");
+    println!(
+        "  top filter: 9 opens across 4 mounts, {denied} denied, {filtered} decided by the filter"
+    );
 }
 
 fn overlayfs_reports_once(ctx: &Ctx) {

@@ -246,6 +246,21 @@ pub fn corpus() -> Vec<Case> {
             &format!("      privileged: true\n      auditViolations: true\n{leafy}"),
         )),
     );
+    // File patterns that all start with a literal first component (the name pattern "*.pem"
+    // matches under any directory): the profile gets the top filter, so file_open decides
+    // paths below other top-level directories from their first component.
+    let rooted = RAW_RULES.replace(
+        "        - pattern: \"*.pem\"\n          permissions: [write, append]\n",
+        "",
+    );
+    assert_ne!(rooted, RAW_RULES);
+    add(
+        "raw-top-filter",
+        profile_of(&policy_yaml(
+            "EnhanceProtect",
+            &format!("      privileged: true\n      auditViolations: true\n{rooted}"),
+        )),
+    );
     out
 }
 

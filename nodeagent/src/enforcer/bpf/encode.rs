@@ -158,6 +158,9 @@ pub fn encode(p: &BpfProfile) -> Result<EncodedProfile, EncodeError> {
     h.path = encode_automaton(&p.path_automaton, path_bits, &rows, &mut blob);
     if p.mode == BpfMode::Enforce {
         h.leaf = leaf_filter(p, &mut blob);
+        if top_filter_can_stop(&p.path_automaton, path_bits) {
+            h.flags |= VA_HF_TOP_FILTER;
+        }
     }
 
     // Mounts.
@@ -660,6 +663,61 @@ fn leaf_filter(p: &BpfProfile, blob: &mut Blob) -> AutomatonHeader {
         return AutomatonHeader::default();
     }
     encode_automaton(&a, |_| FILE_BIT, &[], blob)
+}
+
+/// Whether the top filter can pay: every walk of the path automaton (kind file) dies on
+/// `/<name>/` for some first component `name`. `file_open` then reads the first component of
+/// an opened file's path (a climb of the dentry chain) and allows at once when every walk dies
+/// there, without resolving the path. This is what lets profiles whose patterns end in `**`
+/// (`/sys/firmware/**`, where the leaf filter can never stop) skip most opens. When some walk
+/// survives every first component (a pattern starting with `/**` or `/*`), the climb would
+/// only add cost.
+fn top_filter_can_stop(a: &Automaton, row_bits: impl Fn(usize) -> u8) -> bool {
+    let own: Vec<u8> = a
+        .accept
+        .iter()
+        .map(|&r| if r == 0 { 0 } else { row_bits(r as usize - 1) })
+        .collect();
+    let reach = reachable_bits(a, &own);
+    let live = |s: usize| reach[s] & FILE_BIT != 0;
+    let classes = a.class_count as usize;
+    let class_of = |b: u8| a.byte_classes[b as usize] as usize;
+    let slash = class_of(b'/');
+    // The classes a name byte can fall in (any byte but '/' and NUL).
+    let mut name_classes: Vec<usize> = (1..=255u8).filter(|&b| b != b'/').map(class_of).collect();
+    name_classes.sort_unstable();
+    name_classes.dedup();
+    let next = |s: usize, c: usize| a.transitions[s * classes + c] as usize;
+    let mut walks = 0;
+    for &start in &a.starts {
+        let start = start as usize;
+        if !live(start) {
+            continue;
+        }
+        walks += 1;
+        let after_slash = next(start, slash);
+        if !live(after_slash) {
+            continue;
+        }
+        // States after one or more name bytes; the walk can die if '/' from one of them does.
+        let mut seen = vec![false; a.state_count as usize];
+        let mut stack: Vec<usize> = name_classes.iter().map(|&c| next(after_slash, c)).collect();
+        let mut dies = false;
+        while let Some(t) = stack.pop() {
+            if std::mem::replace(&mut seen[t], true) {
+                continue;
+            }
+            if !live(next(t, slash)) {
+                dies = true;
+                break;
+            }
+            stack.extend(name_classes.iter().map(|&c| next(t, c)));
+        }
+        if !dies {
+            return false;
+        }
+    }
+    walks > 0
 }
 
 /// For every state, the kinds of verdict reachable from it (itself included).

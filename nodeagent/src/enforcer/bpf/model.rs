@@ -84,6 +84,32 @@ impl<'a> Model<'a> {
         self.walk(a, VA_KIND_FILE as usize, &input).is_empty()
     }
 
+    /// `file_open`'s top filter: `/<first component>/` walked through the path automaton;
+    /// true when every walk dies there (no file rule can match below it). A path with a single
+    /// component is never filtered.
+    pub fn top_says_no_rule(&self, path: &str) -> bool {
+        if self.h.flags & VA_HF_TOP_FILTER == 0 || self.h.mode != VA_MODE_ENFORCE {
+            return false;
+        }
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let Some(end) = rest.find('/') else {
+            return false;
+        };
+        let first = &rest.as_bytes()[..end];
+        if first.is_empty() || first.len() > 255 {
+            return false;
+        }
+        let input: Vec<u8> = [b'/']
+            .into_iter()
+            .chain(first.iter().copied())
+            .chain([b'/'])
+            .collect();
+        self.walk(&self.h.path, VA_KIND_FILE as usize, &input)
+            .is_empty()
+    }
+
     fn path(&self, path: &str, requested: u32) -> u32 {
         let kind = if requested == perm::EXEC {
             VA_KIND_EXEC
@@ -96,7 +122,9 @@ impl<'a> Model<'a> {
         if a.walk_count == 0 || a.live[kind].1 <= a.live[kind].0 {
             return VA_ACT_NONE;
         }
-        if kind == VA_KIND_FILE as usize && self.leaf_says_no_rule(path) {
+        if kind == VA_KIND_FILE as usize
+            && (self.leaf_says_no_rule(path) || self.top_says_no_rule(path))
+        {
             return VA_ACT_NONE;
         }
         let mut v = [0u32; 4];
