@@ -283,6 +283,30 @@ struct walk_ctx {
 	__u32 states[VA_MAX_WALKS];
 };
 
+/* One step of every live walk of c over byte class cls. Returns 1 when a walk is still live,
+ * 0 when none is, -1 when a table could not be read. */
+static __always_inline int walk_one(struct walk_ctx *c, __u32 cls)
+{
+	int alive = 0;
+#pragma unroll
+	for (int k = 0; k < VA_MAX_WALKS; k++) {
+		if (k >= c->nwalks)
+			break;
+		__u32 st = c->states[k];
+		if (st - c->lo >= c->span)
+			continue;
+		__u64 word = (__u64)c->trans_off + (__u64)st * c->nclasses + cls;
+		struct va_words *v = blob_value(c->blob, word);
+		if (!v)
+			return -1;
+		st = v->w[word & 15];
+		c->states[k] = st;
+		if (st - c->lo < c->span)
+			alive = 1;
+	}
+	return alive;
+}
+
 static long walk_step(__u32 i, void *data)
 {
 	struct walk_ctx *c = data;
@@ -301,34 +325,20 @@ static long walk_step(__u32 i, void *data)
 	__u32 cls = c->mount == 2 ? h->leaf.classes[b] :
 		    c->mount	     ? h->mnt.classes[b] :
 				       h->path.classes[b];
-	int alive = 0;
-#pragma unroll
-	for (int k = 0; k < VA_MAX_WALKS; k++) {
-		if (k >= c->nwalks)
-			break;
-		__u32 st = c->states[k];
-		if (st - c->lo >= c->span)
-			continue;
-		__u64 word = (__u64)c->trans_off + (__u64)st * c->nclasses + cls;
-		struct va_words *v = blob_value(c->blob, word);
-		if (!v) {
-			c->err = 1;
-			return 1;
-		}
-		st = v->w[word & 15];
-		c->states[k] = st;
-		if (st - c->lo < c->span)
-			alive = 1;
+	int alive = walk_one(c, cls);
+	if (alive < 0) {
+		c->err = 1;
+		return 1;
 	}
 	return alive ? 0 : 1;
 }
 
-/* Runs the walks of automaton a (which: 0 path, 1 mount, 2 leaf filter) over len bytes of the
- * scratch path from start (downwards when reverse); c holds the final states and the live
- * range of kind. Returns -1 when the automaton is malformed or a table could not be read. */
-static __always_inline int run_walks(struct walk_ctx *c, void *blob, __u32 slot,
-				     struct va_automaton *a, __u32 which, __u32 kind, __u32 start,
-				     __u32 len, __u32 reverse)
+/* Sets up the walks of automaton a (which: 0 path, 1 mount, 2 leaf filter) from start
+ * (downwards when reverse): c holds the start states and the live range of kind. Returns -1
+ * when the automaton is malformed. */
+static __always_inline int walk_setup(struct walk_ctx *c, void *blob, __u32 slot,
+				      struct va_automaton *a, __u32 which, __u32 kind,
+				      __u32 start, __u32 reverse)
 {
 	c->blob = blob;
 	c->slot = slot;
@@ -347,6 +357,18 @@ static __always_inline int run_walks(struct walk_ctx *c, void *blob, __u32 slot,
 #pragma unroll
 	for (int k = 0; k < VA_MAX_WALKS; k++)
 		c->states[k] = a->starts[k];
+	return 0;
+}
+
+/* Runs the walks of automaton a (which: 0 path, 1 mount, 2 leaf filter) over len bytes of the
+ * scratch path from start (downwards when reverse); c holds the final states and the live
+ * range of kind. Returns -1 when the automaton is malformed or a table could not be read. */
+static __always_inline int run_walks(struct walk_ctx *c, void *blob, __u32 slot,
+				     struct va_automaton *a, __u32 which, __u32 kind, __u32 start,
+				     __u32 len, __u32 reverse)
+{
+	if (walk_setup(c, blob, slot, a, which, kind, start, reverse) < 0)
+		return -1;
 	if (len > 0)
 		bpf_loop(len, walk_step, c, 0);
 	return c->err ? -1 : 0;
@@ -584,11 +606,21 @@ static __always_inline int leaf_says_no_rule(struct who *w, struct va_scratch *s
 	void *blob = bpf_map_lookup_elem(&v_blobs, &w->slot);
 	if (!blob)
 		return 0;
-	/* The input is the name backwards, then '/': len + 1 bytes, the last at LEAF_AT - 1. */
+	/* The input is the name backwards, then '/': len + 1 bytes, the last at LEAF_AT - 1. The
+	 * first step (the name's last byte) is taken inline: most walks die on it, and then no
+	 * bpf_loop runs; the other len bytes follow in the loop. */
 	struct walk_ctx c = {};
-	if (run_walks(&c, blob, w->slot, &h->leaf, 2, VA_KIND_FILE, LEAF_AT + len - 1, len + 1, 1) <
-	    0)
+	if (walk_setup(&c, blob, w->slot, &h->leaf, 2, VA_KIND_FILE, LEAF_AT + len - 2, 1) < 0)
 		return 0;
+	__u8 last = s->path[(LEAF_AT + len - 1) & (VA_PATH_BUF - 1)];
+	int alive = walk_one(&c, h->leaf.classes[last]);
+	if (alive < 0)
+		return 0;
+	if (alive) {
+		bpf_loop(len, walk_step, &c, 0);
+		if (c.err)
+			return 0;
+	}
 #pragma unroll
 	for (int k = 0; k < VA_MAX_WALKS; k++) {
 		if (k >= c.nwalks)
@@ -961,7 +993,19 @@ int BPF_PROG(varmor_socket_create, int family, int type, int protocol, int kern,
 	if (h->mode == VA_MODE_COMPLAIN) {
 		ea = VA_EVENT_ALLOWED;
 	} else {
-		if (h->socket_count) {
+		if (h->socket_count && (h->flags & VA_HF_SOCKET_TABLE)) {
+			/* One lookup in the decision table, whatever the number of rules. */
+			void *blob = bpf_map_lookup_elem(&v_blobs, &w.slot);
+			__u32 d = (__u32)family < 64 ? (__u32)family : 64;
+			__u32 pr = p < 64 ? p : 64;
+			__u32 cell = (d * VA_SOCKET_TABLE_TYPES + t) * VA_SOCKET_TABLE_PROTOCOLS + pr;
+			__u64 word = (__u64)h->socket_off + cell / 8;
+			struct va_words *v = blob ? blob_value(blob, word) : 0;
+			if (!v)
+				act = table_error(&flags);
+			else
+				act = (v->w[word & 15] >> ((cell & 7) * 4)) & 0xf;
+		} else if (h->socket_count) {
 			struct scan_ctx c = {};
 			c.blob = bpf_map_lookup_elem(&v_blobs, &w.slot);
 			c.off = h->socket_off;

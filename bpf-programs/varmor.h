@@ -37,6 +37,17 @@
  * first component of an opened file's path (a dentry walk, cheaper than resolving the path)
  * and allow at once when no file rule can match below it. */
 #define VA_HF_TOP_FILTER 1
+/* The socket section is a decision table instead of a rule list (more than
+ * VA_SOCKET_TABLE_MIN_RULES rules): one 4-bit action per (domain, type, protocol) cell,
+ * cell = (domain * VA_SOCKET_TABLE_TYPES + type) * VA_SOCKET_TABLE_PROTOCOLS + protocol, where
+ * a domain or protocol of 64 or more counts as 64 (only rules without that mask match it) and
+ * type is the socket type without flags (below 16); 8 cells per word, the first in the low
+ * bits. */
+#define VA_HF_SOCKET_TABLE 2
+#define VA_SOCKET_TABLE_MIN_RULES 8
+#define VA_SOCKET_TABLE_DOMAINS 65
+#define VA_SOCKET_TABLE_TYPES 16
+#define VA_SOCKET_TABLE_PROTOCOLS 65
 
 /* Profile modes (header.mode). 0 marks a free slot. */
 #define VA_MODE_FREE 0

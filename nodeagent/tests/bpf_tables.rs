@@ -7,7 +7,9 @@ mod bpf_support;
 
 use proptest::prelude::*;
 use varmor_agent::enforcer::bpf::encode::{encode, EncodeError};
-use varmor_agent::enforcer::bpf::layout::{ContainerEntry, VA_HF_TOP_FILTER, VA_MAX_BLOB_VALUES};
+use varmor_agent::enforcer::bpf::layout::{
+    ContainerEntry, VA_HF_SOCKET_TABLE, VA_HF_TOP_FILTER, VA_MAX_BLOB_VALUES,
+};
 use varmor_agent::enforcer::bpf::model::Model;
 use varmor_policy::bundle::{BpfProfile, RuleAction};
 use varmor_policy::decide::{decide, Access};
@@ -197,6 +199,53 @@ proptest! {
             accesses.push(Access::Mount { source: p.clone(), fstype: "tmpfs".into(), flags: 4096 });
             accesses.push(Access::Umount { path: p.clone() });
         }
+        check(&case, &accesses);
+    }
+}
+
+/// A socket-rule mask: any (0), or a few bits among the low values and the edges.
+fn socket_mask() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        1 => Just(0u64),
+        4 => prop::collection::vec(prop_oneof![0u32..20, Just(31), Just(32), Just(63)], 1..4)
+            .prop_map(|bits| bits.iter().fold(0u64, |m, b| m | 1 << b)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Socket rules on both sides of the table threshold, random masks and actions: the encoded
+    /// list or decision table decides like the reference, for values in and out of the masks'
+    /// range (64 and above).
+    #[test]
+    fn random_socket_rules_agree(
+        rules in prop::collection::vec((socket_mask(), socket_mask(), socket_mask(), 0usize..4), 1..40),
+        accesses in prop::collection::vec((prop_oneof![0u32..20, Just(44), Just(63), Just(64), Just(200)], prop_oneof![0u32..12, Just(0x80801), Just(15)], prop_oneof![0u32..20, Just(63), Just(64), Just(132), Just(255), Just(262)]), 1..40),
+    ) {
+        let mut profile = profile_of(&policy_yaml("RuntimeDefault", ""));
+        let all = [RuleAction::Deny, RuleAction::DenyAudit, RuleAction::Audit, RuleAction::Complain];
+        profile.sockets = rules
+            .iter()
+            .map(|&(domains, types, protocols, a)| varmor_policy::bundle::SocketRule {
+                domains,
+                types,
+                protocols,
+                action: all[a],
+                origin: varmor_policy::bundle::RuleOrigin { field: "test".into(), builtin: None },
+            })
+            .collect();
+        let enc = encode(&profile).expect("encode");
+        prop_assert_eq!(
+            enc.header.flags & VA_HF_SOCKET_TABLE != 0,
+            rules.len() > 8,
+            "the table is used above 8 rules"
+        );
+        let case = Case { name: "sockets".into(), profile, pod_ips: vec![] };
+        let accesses: Vec<Access> = accesses
+            .iter()
+            .map(|&(domain, type_, protocol)| Access::Socket { domain, type_, protocol })
+            .collect();
         check(&case, &accesses);
     }
 }

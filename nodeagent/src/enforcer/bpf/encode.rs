@@ -13,6 +13,7 @@
 //! | mount ids | 1 | mount rule indexes of the match sets |
 //! | mount rules | 16 | flags, reverse flags, action, fstype-any, fstype (32 bytes) |
 //! | socket rules | 8 | domain, type, protocol masks (lo, hi words), action — strongest action first |
+//! | or a socket table | 1 | with more than 8 rules: the action of every (domain, type, protocol), 4 bits each ([`socket_table`]) |
 //! | egress records | 16 | action, kind, first port, last port, address and mask words — strongest first |
 //!
 //! **Renumbering.** The compiler's automaton is walked as it is, except that its states are
@@ -239,7 +240,12 @@ pub fn encode(p: &BpfProfile) -> Result<EncodedProfile, EncodeError> {
         ]);
     }
     h.socket_count = (words.len() / 8) as u32;
-    h.socket_off = blob.section(&words, 8);
+    if h.socket_count > VA_SOCKET_TABLE_MIN_RULES {
+        h.flags |= VA_HF_SOCKET_TABLE;
+        h.socket_off = blob.section(&socket_table(&words), 1);
+    } else {
+        h.socket_off = blob.section(&words, 8);
+    }
 
     // Egress, strongest action first.
     let mut records: Vec<(u32, [u32; 16])> = Vec::new();
@@ -663,6 +669,53 @@ fn leaf_filter(p: &BpfProfile, blob: &mut Blob) -> AutomatonHeader {
         return AutomatonHeader::default();
     }
     encode_automaton(&a, |_| FILE_BIT, &[], blob)
+}
+
+/// The socket rules (records of 8 words, strongest action first) as a decision table: for every
+/// cell (domain, type, protocol) of `VA_HF_SOCKET_TABLE`, the action of the first rule that
+/// matches it, or none; 4 bits per cell, 8 cells per word. `socket_create` then costs one
+/// lookup whatever the number of rules. Built with one bitset of rules per value of each
+/// dimension, so 1,024 rules take 67,600 three-way ANDs of 16 words.
+fn socket_table(records: &[u32]) -> Vec<u32> {
+    let rules: Vec<&[u32]> = records.chunks(8).collect();
+    let chunks = rules.len().div_ceil(64);
+    // matching[v] = the rules whose mask (lo, hi at `at`) admits value v; v = 64 is "64 or
+    // more", which only a rule without that mask admits.
+    let matching = |at: usize, values: u32| -> Vec<Vec<u64>> {
+        (0..values)
+            .map(|v| {
+                let mut bits = vec![0u64; chunks];
+                for (i, r) in rules.iter().enumerate() {
+                    let mask = u64::from(r[at]) | u64::from(r[at + 1]) << 32;
+                    if mask == 0 || (v < 64 && mask >> v & 1 != 0) {
+                        bits[i / 64] |= 1 << (i % 64);
+                    }
+                }
+                bits
+            })
+            .collect()
+    };
+    let domains = matching(0, VA_SOCKET_TABLE_DOMAINS);
+    let types = matching(2, VA_SOCKET_TABLE_TYPES);
+    let protocols = matching(4, VA_SOCKET_TABLE_PROTOCOLS);
+    let cells =
+        (VA_SOCKET_TABLE_DOMAINS * VA_SOCKET_TABLE_TYPES * VA_SOCKET_TABLE_PROTOCOLS) as usize;
+    let mut words = vec![0u32; cells.div_ceil(8)];
+    let mut cell = 0usize;
+    for d in &domains {
+        for t in &types {
+            for p in &protocols {
+                let first = (0..chunks).find_map(|k| {
+                    let w = d[k] & t[k] & p[k];
+                    (w != 0).then(|| k * 64 + w.trailing_zeros() as usize)
+                });
+                let act = first.map_or(VA_ACT_NONE, |i| rules[i][6]);
+                words[cell / 8] |= act << ((cell % 8) * 4);
+                cell += 1;
+            }
+        }
+    }
+    words
 }
 
 /// Whether the top filter can pay: every walk of the path automaton (kind file) dies on

@@ -196,6 +196,13 @@ impl<'a> Model<'a> {
                 || (v < 32 && (lo >> v) & 1 != 0)
                 || ((32..64).contains(&v) && (hi >> (v - 32)) & 1 != 0)
         };
+        if self.h.socket_count > 0 && self.h.flags & VA_HF_SOCKET_TABLE != 0 {
+            let d = domain.min(64);
+            let p = p.min(64);
+            let cell = u64::from((d * VA_SOCKET_TABLE_TYPES + t) * VA_SOCKET_TABLE_PROTOCOLS + p);
+            let w = self.word(u64::from(self.h.socket_off) + cell / 8);
+            return (w >> ((cell % 8) * 4)) & 0xf;
+        }
         for i in 0..self.h.socket_count {
             let r = u64::from(self.h.socket_off) + u64::from(i) * 8;
             let w = |k: u64| self.word(r + k);
