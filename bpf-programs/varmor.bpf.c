@@ -333,6 +333,19 @@ static long walk_step(__u32 i, void *data)
 	return alive ? 0 : 1;
 }
 
+/* Whether every walk of c has left its live range (no rule can match any more). */
+static __always_inline int all_dead(struct walk_ctx *c)
+{
+#pragma unroll
+	for (int k = 0; k < VA_MAX_WALKS; k++) {
+		if (k >= c->nwalks)
+			break;
+		if (c->states[k] - c->lo < c->span)
+			return 0;
+	}
+	return 1;
+}
+
 /* Sets up the walks of automaton a (which: 0 path, 1 mount, 2 leaf filter) from start
  * (downwards when reverse): c holds the start states and the live range of kind. Returns -1
  * when the automaton is malformed. */
@@ -621,14 +634,7 @@ static __always_inline int leaf_says_no_rule(struct who *w, struct va_scratch *s
 		if (c.err)
 			return 0;
 	}
-#pragma unroll
-	for (int k = 0; k < VA_MAX_WALKS; k++) {
-		if (k >= c.nwalks)
-			break;
-		if (c.states[k] - c.lo < c.span)
-			return 0;
-	}
-	return 1;
+	return all_dead(&c);
 }
 
 /* The top filter (VA_HF_TOP_FILTER): climbs from the opened file to the component of its path
@@ -705,14 +711,7 @@ static __always_inline int top_says_no_rule(struct who *w, struct va_scratch *s,
 	struct walk_ctx c = {};
 	if (run_walks(&c, blob, w->slot, &h->path, 0, VA_KIND_FILE, 0, len + 2, 0) < 0)
 		return 0;
-#pragma unroll
-	for (int k = 0; k < VA_MAX_WALKS; k++) {
-		if (k >= c.nwalks)
-			break;
-		if (c.states[k] - c.lo < c.span)
-			return 0;
-	}
-	return 1;
+	return all_dead(&c);
 }
 
 /* Whether the profile can say anything about accesses of this kind (skips the path). */

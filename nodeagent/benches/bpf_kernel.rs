@@ -477,7 +477,8 @@ fn attach_baseline(n: usize, ns: u32) -> aya::Ebpf {
     ebpf
 }
 
-/// Pairs of interleaved blocks (unconfined, empty programs) per operation and round.
+/// Pairs of interleaved blocks (unconfined, empty programs) per operation and round
+/// (VARMOR_BENCH_FLOOR_PAIRS overrides it).
 const FLOOR_PAIRS: usize = 40;
 /// Pairs of interleaved blocks (unconfined, FLOOR_COPIES empty programs) per operation and
 /// round.
@@ -516,6 +517,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    let floor_pair_count: usize = std::env::var("VARMOR_BENCH_FLOOR_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(FLOOR_PAIRS)
+        .max(1);
     let scale: u64 = std::env::var("VARMOR_BENCH_SCALE")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -648,7 +654,7 @@ fn main() {
                     op,
                     (*n / 10).max(10),
                     arg,
-                    FLOOR_PAIRS,
+                    floor_pair_count,
                 ));
                 let d = interleaved(&mut m, &mut copies, op, (*n / 4).max(10), arg, COPY_PAIRS);
                 per_program
@@ -871,7 +877,7 @@ fn main() {
          the 64-rule profile's overhead as a multiple of the enforcer's cost for a process outside \
          any container (one hash lookup). \"1,024 vs 1 (op)\": the operation's cost with each \
          profile, as the unconfined time plus the program run time (the trampoline is the same \
-         for both). \"floor ovh (pairs)\": the median over all rounds of {FLOOR_PAIRS} pairs \
+         for both). \"floor ovh (pairs)\": the median over all rounds of {floor_pair_count} pairs \
          per round of short blocks without and with the empty programs, interleaved. \
          \"per-program cost\": the same with {FLOOR_COPIES} copies of the empty programs \
          attached at once ({COPY_PAIRS} pairs per round), over {FLOOR_COPIES}: what each \

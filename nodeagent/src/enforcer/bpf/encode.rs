@@ -556,12 +556,7 @@ fn encode_automaton(
     let states = a.state_count as usize;
     let classes = a.class_count as usize;
     // What each state can still lead to.
-    let own: Vec<u8> = a
-        .accept
-        .iter()
-        .map(|&r| if r == 0 { 0 } else { row_bits(r as usize - 1) })
-        .collect();
-    let reach = reachable_bits(a, &own);
+    let reach = reachable_bits(a, row_bits);
     // New numbering: dead and useless -> 0; then exec-only, both, file-only.
     let mut map = vec![0u32; states];
     let mut order: Vec<usize> = vec![0];
@@ -641,12 +636,7 @@ fn leaf_filter(p: &BpfProfile, blob: &mut Blob) -> AutomatonHeader {
     let Ok(a) = Automaton::build(&patterns) else {
         return AutomatonHeader::default();
     };
-    let own: Vec<u8> = a
-        .accept
-        .iter()
-        .map(|&r| if r == 0 { 0 } else { FILE_BIT })
-        .collect();
-    let reach = reachable_bits(&a, &own);
+    let reach = reachable_bits(&a, |_| FILE_BIT);
     // Can a walk from a start ever reach a state from which nothing matches?
     let classes = a.class_count as usize;
     let mut seen = vec![false; a.state_count as usize];
@@ -726,12 +716,7 @@ fn socket_table(records: &[u32]) -> Vec<u32> {
 /// survives every first component (a pattern starting with `/**` or `/*`), the climb would
 /// only add cost.
 fn top_filter_can_stop(a: &Automaton, row_bits: impl Fn(usize) -> u8) -> bool {
-    let own: Vec<u8> = a
-        .accept
-        .iter()
-        .map(|&r| if r == 0 { 0 } else { row_bits(r as usize - 1) })
-        .collect();
-    let reach = reachable_bits(a, &own);
+    let reach = reachable_bits(a, row_bits);
     let live = |s: usize| reach[s] & FILE_BIT != 0;
     let classes = a.class_count as usize;
     let class_of = |b: u8| a.byte_classes[b as usize] as usize;
@@ -773,8 +758,14 @@ fn top_filter_can_stop(a: &Automaton, row_bits: impl Fn(usize) -> u8) -> bool {
     walks > 0
 }
 
-/// For every state, the kinds of verdict reachable from it (itself included).
-fn reachable_bits(a: &Automaton, own: &[u8]) -> Vec<u8> {
+/// For every state, the kinds of verdict reachable from it (itself included), where
+/// `row_bits(row)` gives the kinds of an accepting state's match set.
+fn reachable_bits(a: &Automaton, row_bits: impl Fn(usize) -> u8) -> Vec<u8> {
+    let own: Vec<u8> = a
+        .accept
+        .iter()
+        .map(|&r| if r == 0 { 0 } else { row_bits(r as usize - 1) })
+        .collect();
     let states = a.state_count as usize;
     let classes = a.class_count as usize;
     // Reverse edges in CSR form.
@@ -796,7 +787,7 @@ fn reachable_bits(a: &Automaton, own: &[u8]) -> Vec<u8> {
             fill[t] += 1;
         }
     }
-    let mut reach = own.to_vec();
+    let mut reach = own.clone();
     for bit in [FILE_BIT, EXEC_BIT] {
         let mut stack: Vec<usize> = (0..states).filter(|&s| own[s] & bit != 0).collect();
         while let Some(t) = stack.pop() {
