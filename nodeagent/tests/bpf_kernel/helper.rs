@@ -64,13 +64,21 @@ fn drop_effective(caps: &[u32]) {
 
 /// A process that sleeps until the helper dies.
 fn sleeper(uid: u32) -> i32 {
+    let parent = unsafe { libc::getpid() };
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // It holds none of the helper's descriptors: a socket the helper binds later (port
+            // 80 for CAP_NET_BIND_SERVICE) must be released when the helper closes it.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             if uid != 0 {
                 libc::setgid(uid);
                 libc::setuid(uid);
+            }
+            // After the uid change, which clears the parent-death signal.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::_exit(0);
             }
             loop {
                 libc::pause();
