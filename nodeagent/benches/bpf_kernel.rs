@@ -14,9 +14,10 @@
 //! the host cancels out. Printed: ratios to the unconfined cost, and overheads relative to the
 //! floor's overhead and to the enforcer's cost for a process outside any container, and the
 //! programs' own run time from the kernel's BPF statistics. The floor's overhead is a few % of
-//! an open and drowns in the emulator's noise, so a lower bound of it is measured 16 times
-//! over: 16 copies of the empty programs attached at once, interleaved with unconfined blocks.
-//! Under emulation (TCG) only ratios mean anything. Needs BPF-LSM: run it with `scripts/kernel-tests --bench` (or
+//! an open and drowns in the emulator's noise between configurations, so it is measured again
+//! in many short blocks without and with the empty programs, interleaved, and as a lower bound
+//! 16 times over (16 copies of the empty programs attached at once). Under emulation (TCG)
+//! only ratios mean anything. Needs BPF-LSM: run it with `scripts/kernel-tests --bench` (or
 //! `make bench-kernel`); elsewhere it prints why it cannot run.
 
 #![allow(unsafe_code)]
