@@ -480,6 +480,18 @@ struct resolve_ctx {
 	__u32 done;
 };
 
+/* The struct mount around a vfsmount (the kernel's real_mount), and the vfsmount inside a
+ * struct mount, as an address. */
+static __always_inline struct mount *real_mount(void *vfsmnt)
+{
+	return vfsmnt - bpf_core_field_offset(struct mount, mnt);
+}
+
+static __always_inline __u64 mount_vfsmnt(struct mount *m)
+{
+	return (__u64)m + bpf_core_field_offset(struct mount, mnt);
+}
+
 static long resolve_step(__u32 i, void *data)
 {
 	struct resolve_ctx *c = data;
@@ -497,14 +509,14 @@ static long resolve_step(__u32 i, void *data)
 			c->done = 1;
 			return 1;
 		}
-		struct mount *m = (void *)vm - bpf_core_field_offset(struct mount, mnt);
+		struct mount *m = real_mount(vm);
 		struct mount *pm = BPF_CORE_READ(m, mnt_parent);
 		if (pm == m || !pm) {
 			c->done = 1;
 			return 1;
 		}
 		c->dentry = (__u64)BPF_CORE_READ(m, mnt_mountpoint);
-		c->vfsmnt = (__u64)((void *)pm + bpf_core_field_offset(struct mount, mnt));
+		c->vfsmnt = mount_vfsmnt(pm);
 		return 0;
 	}
 	__u32 len = BPF_CORE_READ(d, d_name.len);
@@ -682,12 +694,12 @@ static __always_inline int top_says_no_rule(struct who *w, struct va_scratch *s,
 	if (reached == 2) {
 		/* One crossing: the mount's mountpoint must sit right below the task's root (in
 		 * the root's mount); it is then the first component. */
-		struct mount *m = (void *)mnt - bpf_core_field_offset(struct mount, mnt);
+		struct mount *m = real_mount(mnt);
 		struct mount *pm = BPF_CORE_READ(m, mnt_parent);
 		struct dentry *mp = BPF_CORE_READ(m, mnt_mountpoint);
 		struct dentry *mpp = BPF_CORE_READ(mp, d_parent);
 		if (!pm || pm == m || mpp != root || mp == root ||
-		    (__u64)pm + bpf_core_field_offset(struct mount, mnt) != (__u64)root_mnt)
+		    mount_vfsmnt(pm) != (__u64)root_mnt)
 			return 0;
 		top_at = (__u64)mp;
 	} else if (top == file->f_path.dentry) {
@@ -1196,10 +1208,13 @@ int BPF_PROG(varmor_socket_connect, struct socket *sock, struct sockaddr *addres
 			c.bmask = h->egress_bucket_mask;
 			c.seed = h->egress_seed;
 			/* One prefix length (the common case) is looked up without a loop. */
-			if (c.blob && !c.err && h->egress_prefix_count == 1)
-				egress_prefix(&c, 0);
-			else if (c.blob && !c.err && h->egress_prefix_count)
-				bpf_loop(h->egress_prefix_count, egress_prefix_step, &c, 0);
+			if (c.blob && !c.err) {
+				if (h->egress_prefix_count == 1)
+					egress_prefix(&c, 0);
+				else if (h->egress_prefix_count)
+					bpf_loop(h->egress_prefix_count, egress_prefix_step, &c,
+						 0);
+			}
 			if (!c.blob || c.err) {
 				c.act = table_error(&flags);
 			}
