@@ -56,6 +56,7 @@ _Static_assert(__builtin_offsetof(struct va_header, socket_off) == VA_HDR_OFF_SE
 _Static_assert(__builtin_offsetof(struct va_header, leaf) == VA_HDR_OFF_LEAF, "leaf");
 _Static_assert(__builtin_offsetof(struct va_header, egress_scan_count) == VA_HDR_OFF_EGRESS_INDEX,
 	       "egress index");
+_Static_assert(__builtin_offsetof(struct va_header, leaf_first) == VA_HDR_OFF_LEAF_FIRST, "lf");
 _Static_assert(sizeof(struct va_header) == VA_HEADER_SIZE, "header size");
 _Static_assert(sizeof(struct va_container) == VA_CONTAINER_SIZE, "container size");
 _Static_assert(__builtin_offsetof(struct va_event, path) == VA_EV_OFF_PATH, "event path");
@@ -605,6 +606,69 @@ static __always_inline int decide_path(struct who *w, struct va_scratch *s, __u3
 	return verdict_ret(h, act);
 }
 
+/* The dentry of an opened file whose name ends the path d_path would give, and the name's
+ * length; 0 when there is none: the root of a mount (a bind-mounted file, like a container's
+ * /etc/hosts, is named after its source), the root itself, an unhashed (deleted) dentry
+ * (" (deleted)" is appended), or a name longer than 255 bytes. */
+static __always_inline __u32 leaf_name_len(struct file *file)
+{
+	struct dentry *d = file->f_path.dentry;
+	struct vfsmount *mnt = file->f_path.mnt;
+	if (!d || !mnt || d == mnt->mnt_root || d == d->d_parent || !d->d_hash.pprev)
+		return 0;
+	__u32 len = d->d_name.len;
+	return len > 255 ? 0 : len;
+}
+
+/* Up to 6.13 a short name (at most DNAME_INLINE_LEN - 1 = 31 bytes on 64-bit) sits in the
+ * dentry itself, in d_iname; 6.14 renamed it. A CO-RE flavor: where d_iname is missing, the
+ * name is read with a helper. */
+struct dentry___iname {
+	unsigned char d_iname[32];
+} __attribute__((preserve_access_index));
+
+#define NAME_BYTE(i)                                                                           \
+	case (i) + 1:                                                                          \
+		*b = di->d_iname[i];                                                           \
+		return 0;
+
+/* The last byte of dentry d's name (len bytes, 1..255). An inline name is read with one
+ * fixed-offset load (a branch per length: the verifier rejects a variable offset into a
+ * kernel struct), which costs less than a helper call. Returns nonzero when it cannot be
+ * read. */
+static __always_inline int last_name_byte(struct dentry *d, __u32 len, __u8 *b)
+{
+	const unsigned char *name = d->d_name.name;
+	struct dentry___iname *di = (void *)d;
+	if (bpf_core_field_exists(di->d_iname) && (__u64)name == (__u64)di->d_iname) {
+		switch (len) {
+			NAME_BYTE(0) NAME_BYTE(1) NAME_BYTE(2) NAME_BYTE(3) NAME_BYTE(4)
+			NAME_BYTE(5) NAME_BYTE(6) NAME_BYTE(7) NAME_BYTE(8) NAME_BYTE(9)
+			NAME_BYTE(10) NAME_BYTE(11) NAME_BYTE(12) NAME_BYTE(13) NAME_BYTE(14)
+			NAME_BYTE(15) NAME_BYTE(16) NAME_BYTE(17) NAME_BYTE(18) NAME_BYTE(19)
+			NAME_BYTE(20) NAME_BYTE(21) NAME_BYTE(22) NAME_BYTE(23) NAME_BYTE(24)
+			NAME_BYTE(25) NAME_BYTE(26) NAME_BYTE(27) NAME_BYTE(28) NAME_BYTE(29)
+			NAME_BYTE(30)
+		}
+	}
+	return bpf_probe_read_kernel(b, 1, name + len - 1);
+}
+
+/* The leaf filter's first step (header.leaf_first): 1 when the last byte of the opened file's
+ * name already kills every walk, so no file rule can match the path. The common case of a
+ * profile whose file rules end in fixed names or suffixes: decided with no table lookup and no
+ * scratch buffer. */
+static __always_inline int leaf_first_says_no_rule(struct va_header *h, struct file *file)
+{
+	if (h->mode != VA_MODE_ENFORCE || !h->leaf.walk_count)
+		return 0;
+	__u32 len = leaf_name_len(file);
+	__u8 b;
+	if (!len || last_name_byte(file->f_path.dentry, len, &b))
+		return 0;
+	return !((h->leaf_first[(b >> 6) & 3] >> (b & 63)) & 1);
+}
+
 /* The leaf filter (struct va_header): walks the last component of the opened file backwards,
  * then '/', through the automaton of the reversed file patterns. Returns 1 when no file rule
  * can match the path, so file_open allows without resolving it; 0 when it cannot tell. */
@@ -614,38 +678,23 @@ static __always_inline int leaf_says_no_rule(struct who *w, struct va_scratch *s
 	struct va_header *h = w->h;
 	if (!h || h->mode != VA_MODE_ENFORCE || !h->leaf.walk_count)
 		return 0;
-	struct dentry *d = file->f_path.dentry;
-	struct vfsmount *mnt = file->f_path.mnt;
-	/* d_path would not end in this dentry's name for the root of a mount (a bind-mounted
-	 * file, like a container's /etc/hosts, is named after its source), the root itself, or
-	 * an unhashed (deleted) dentry (" (deleted)" is appended). */
-	if (!d || !mnt || d == mnt->mnt_root || d == d->d_parent || !d->d_hash.pprev)
+	__u32 len = leaf_name_len(file);
+	if (!len)
 		return 0;
-	__u32 len = d->d_name.len;
-	if (len == 0 || len > 255)
-		return 0;
-	const unsigned char *name = d->d_name.name;
+	const unsigned char *name = file->f_path.dentry->d_name.name;
+	/* The verifier needs the bound on the register passed (the compiler knows it already). */
+	barrier_var(len);
 	if (bpf_probe_read_kernel(&s->path[LEAF_AT], len & 255, name))
 		return 0;
 	s->path[LEAF_AT - 1] = '/';
 	void *blob = bpf_map_lookup_elem(&v_blobs, &w->slot);
 	if (!blob)
 		return 0;
-	/* The input is the name backwards, then '/': len + 1 bytes, the last at LEAF_AT - 1. The
-	 * first step (the name's last byte) is taken inline: most walks die on it, and then no
-	 * bpf_loop runs; the other len bytes follow in the loop. */
+	/* The input is the name backwards, then '/': len + 1 bytes, the last at LEAF_AT - 1. */
 	struct walk_ctx c = {};
-	if (walk_setup(&c, blob, w->slot, &h->leaf, 2, VA_KIND_FILE, LEAF_AT + len - 2, 1) < 0)
+	if (run_walks(&c, blob, w->slot, &h->leaf, 2, VA_KIND_FILE, LEAF_AT + len - 1, len + 1,
+		      1) < 0)
 		return 0;
-	__u8 last = s->path[(LEAF_AT + len - 1) & (VA_PATH_BUF - 1)];
-	int alive = walk_one(&c, h->leaf.classes[last]);
-	if (alive < 0)
-		return 0;
-	if (alive) {
-		bpf_loop(len, walk_step, &c, 0);
-		if (c.err)
-			return 0;
-	}
 	return all_dead(&c);
 }
 
@@ -767,7 +816,7 @@ int BPF_PROG(varmor_file_open, struct file *file, int ret)
 	 * repeat the check already made on the overlay file (same path). */
 	if ((fflags & FMODE_EXEC_FLAG) || (fmode & FMODE_NOACCOUNT))
 		return 0;
-	if (!path_rules_for(w.h, VA_KIND_FILE))
+	if (!path_rules_for(w.h, VA_KIND_FILE) || leaf_first_says_no_rule(w.h, file))
 		return 0;
 	__u32 req = 0;
 	if (fmode & FMODE_READ)

@@ -12,7 +12,7 @@
 
 /* Bump when any map layout or record format changes: pins live under
  * /sys/fs/bpf/varmor/v<VA_LAYOUT_VERSION>/. */
-#define VA_LAYOUT_VERSION 2
+#define VA_LAYOUT_VERSION 3
 
 /* Capacities. */
 #define VA_MAX_CONTAINERS 16384
@@ -151,7 +151,8 @@
 #define VA_HDR_OFF_SECTIONS 784
 #define VA_HDR_OFF_LEAF 816
 #define VA_HDR_OFF_EGRESS_INDEX 1168
-#define VA_HEADER_SIZE 1192
+#define VA_HDR_OFF_LEAF_FIRST 1192
+#define VA_HEADER_SIZE 1224
 #define VA_CONTAINER_SIZE 28
 #define VA_EV_OFF_PATH 104
 #define VA_EV_SIZE 4200
@@ -214,6 +215,11 @@ struct va_header {
 	__u32 egress_buckets_off;
 	__u32 egress_bucket_mask;
 	__u32 egress_seed;
+	/* The leaf filter's first step, precomputed: bit b (of word b / 64) is set when some walk
+	 * of the leaf automaton is still live after the byte b. file_open reads only the last byte
+	 * of the opened file's name; when its bit is clear, no file rule can match the path and
+	 * the open is allowed with no table lookup. All clear when there is no leaf filter. */
+	__u64 leaf_first[4];
 };
 
 struct va_words {

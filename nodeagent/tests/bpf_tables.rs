@@ -269,6 +269,43 @@ fn the_leaf_filter_decides_opens_without_the_path_when_it_can() {
     assert!(filtered > 0);
 }
 
+#[test]
+fn the_leaf_filters_first_step_is_its_walk_over_the_last_byte() {
+    let case = thousand_rules_case();
+    let enc = encode(&case.profile).expect("encode");
+    let model = Model::new(&enc);
+    assert!(model.leaf_first_says_no_rule("/bench/f.txt"));
+    assert!(!model.leaf_first_says_no_rule("/srv/app1/x/y.key"));
+    assert!(!model.leaf_first_says_no_rule("/srv/app1/x/"));
+    // Bit for bit (ASCII: the model takes paths as text), the bitmap says what the full leaf
+    // filter says once the last byte kills every walk.
+    for b in 1..128u8 {
+        if b == b'/' {
+            continue;
+        }
+        let one = format!("/a/{}", b as char);
+        let first = model.leaf_first_says_no_rule(&one);
+        let set = enc.header.leaf_first[b as usize / 64] >> (b % 64) & 1 == 1;
+        assert_eq!(first, !set, "byte {b}");
+        if first {
+            // Whatever comes before the last byte, the full filter agrees.
+            for name in [format!("/x/yy{}", b as char), format!("/{}", b as char)] {
+                assert!(model.leaf_says_no_rule(&name), "{name}");
+            }
+        }
+    }
+    // A profile without a leaf filter has an empty bitmap.
+    let none = profile_of(&policy_yaml("RuntimeDefault", ""));
+    let enc = encode(&none).expect("encode");
+    assert_eq!(enc.header.leaf.walk_count, 0);
+    assert_eq!(enc.header.leaf_first, [0; 4]);
+
+    // Over the corpus: sound (no rule matches a filtered path), and it does work there.
+    let (filtered, opens, _) = filtered_corpus_opens(|m, p| m.leaf_first_says_no_rule(p));
+    println!("leaf filter's first step: {filtered} of {opens} corpus opens decided");
+    assert!(filtered > 0);
+}
+
 /// Runs a file_open filter of the model over every open of the corpus, asserting that no file
 /// rule matches a filtered path: (filtered opens, opens, profiles with a filtered open).
 fn filtered_corpus_opens(filter: impl Fn(&Model<'_>, &str) -> bool) -> (usize, usize, usize) {

@@ -158,7 +158,7 @@ pub fn encode(p: &BpfProfile) -> Result<EncodedProfile, EncodeError> {
     let rows: Vec<u32> = p.path_verdicts.iter().flat_map(verdict_words).collect();
     h.path = encode_automaton(&p.path_automaton, path_bits, &rows, &mut blob);
     if p.mode == BpfMode::Enforce {
-        h.leaf = leaf_filter(p, &mut blob);
+        (h.leaf, h.leaf_first) = leaf_filter(p, &mut blob);
         if top_filter_can_stop(&p.path_automaton, path_bits) {
             h.flags |= VA_HF_TOP_FILTER;
         }
@@ -614,8 +614,10 @@ fn encode_automaton(
 /// reachable are live. Absent (`walk_count` 0) when there are no file rules, when the walk
 /// could never stop early (a pattern ending in `**`, such as `/etc/**`, keeps every state
 /// live: the filter would only add cost), or when the reversed patterns do not fit an
-/// automaton (a reversed automaton can be larger than the forward one).
-fn leaf_filter(p: &BpfProfile, blob: &mut Blob) -> AutomatonHeader {
+/// automaton (a reversed automaton can be larger than the forward one). With it, its first step
+/// as a bitmap of the bytes after which some walk is still live (`leaf_first` in `varmor.h`).
+fn leaf_filter(p: &BpfProfile, blob: &mut Blob) -> (AutomatonHeader, [u64; 4]) {
+    let none = (AutomatonHeader::default(), [0; 4]);
     let rules: Vec<&str> = p
         .files
         .iter()
@@ -627,14 +629,14 @@ fn leaf_filter(p: &BpfProfile, blob: &mut Blob) -> AutomatonHeader {
         match Pattern::parse(r) {
             Ok(p) => patterns.push(p.reversed()),
             // The compiler built the forward automaton from the same patterns.
-            Err(_) => return AutomatonHeader::default(),
+            Err(_) => return none,
         }
     }
     if patterns.is_empty() {
-        return AutomatonHeader::default();
+        return none;
     }
     let Ok(a) = Automaton::build(&patterns) else {
-        return AutomatonHeader::default();
+        return none;
     };
     let reach = reachable_bits(&a, |_| FILE_BIT);
     // Can a walk from a start ever reach a state from which nothing matches?
@@ -656,9 +658,19 @@ fn leaf_filter(p: &BpfProfile, blob: &mut Blob) -> AutomatonHeader {
         }
     }
     if !can_stop {
-        return AutomatonHeader::default();
+        return none;
     }
-    encode_automaton(&a, |_| FILE_BIT, &[], blob)
+    let mut first = [0u64; 4];
+    for b in 0..=255u8 {
+        let cls = a.byte_classes[b as usize] as usize;
+        let live = a.starts.iter().any(|&s| {
+            reach[s as usize] != 0 && reach[a.transitions[s as usize * classes + cls] as usize] != 0
+        });
+        if live {
+            first[b as usize / 64] |= 1 << (b % 64);
+        }
+    }
+    (encode_automaton(&a, |_| FILE_BIT, &[], blob), first)
 }
 
 /// The socket rules (records of 8 words, strongest action first) as a decision table: for every

@@ -147,6 +147,9 @@ pub struct Header {
     pub egress_buckets_off: u32,
     pub egress_bucket_mask: u32,
     pub egress_seed: u32,
+    /// The leaf filter's first step: bit `b` is set when some walk of `leaf` is still live
+    /// after the byte `b` (see `varmor.h`).
+    pub leaf_first: [u64; 4],
 }
 
 impl Header {
@@ -209,6 +212,9 @@ impl Header {
         {
             put_u32(&mut b, e + 4 * k, v);
         }
+        for (k, w) in self.leaf_first.iter().enumerate() {
+            put_u64(&mut b, VA_HDR_OFF_LEAF_FIRST as usize + 8 * k, *w);
+        }
         b
     }
 
@@ -253,6 +259,7 @@ impl Header {
             egress_buckets_off: get_u32(b, e + 12),
             egress_bucket_mask: get_u32(b, e + 16),
             egress_seed: get_u32(b, e + 20),
+            leaf_first: std::array::from_fn(|k| get_u64(b, VA_HDR_OFF_LEAF_FIRST as usize + 8 * k)),
         }
     }
 }
@@ -398,6 +405,7 @@ mod tests {
         h.mnt.starts[7] = 42;
         h.leaf.trans_off = 77;
         h.egress_seed = 5;
+        h.leaf_first[3] = 1 << 63;
         let b = h.to_bytes();
         assert_eq!(Header::from_bytes(&b), h);
         assert_eq!(get_u64(&b, 16 + 24), 1 << 40);
@@ -405,7 +413,8 @@ mod tests {
         assert_eq!(get_u32(&b, VA_HDR_OFF_MNT as usize + 296 + 28), 42);
         assert_eq!(get_u32(&b, VA_HDR_OFF_SECTIONS as usize + 28), 9);
         assert_eq!(get_u32(&b, VA_HDR_OFF_LEAF as usize + 328), 77);
-        assert_eq!(get_u32(&b, HEADER_SIZE - 4), 5);
+        assert_eq!(get_u32(&b, VA_HDR_OFF_EGRESS_INDEX as usize + 20), 5);
+        assert_eq!(b[HEADER_SIZE - 1], 0x80);
     }
 
     #[test]

@@ -84,6 +84,22 @@ impl<'a> Model<'a> {
         self.walk(a, VA_KIND_FILE as usize, &input).is_empty()
     }
 
+    /// `file_open`'s first check, the leaf filter's first step precomputed
+    /// (`header.leaf_first`): true when the last byte of the last component kills every walk.
+    pub fn leaf_first_says_no_rule(&self, path: &str) -> bool {
+        if self.h.leaf.walk_count == 0 || self.h.mode != VA_MODE_ENFORCE {
+            return false;
+        }
+        let Some(cut) = path.rfind('/') else {
+            return false;
+        };
+        let leaf = &path.as_bytes()[cut + 1..];
+        let Some(&b) = leaf.last() else {
+            return false;
+        };
+        leaf.len() <= 255 && self.h.leaf_first[b as usize / 64] >> (b % 64) & 1 == 0
+    }
+
     /// `file_open`'s top filter: `/<first component>/` walked through the path automaton;
     /// true when every walk dies there (no file rule can match below it). A path with a single
     /// component is never filtered.
@@ -123,7 +139,9 @@ impl<'a> Model<'a> {
             return VA_ACT_NONE;
         }
         if kind == VA_KIND_FILE as usize
-            && (self.leaf_says_no_rule(path) || self.top_says_no_rule(path))
+            && (self.leaf_first_says_no_rule(path)
+                || self.leaf_says_no_rule(path)
+                || self.top_says_no_rule(path))
         {
             return VA_ACT_NONE;
         }
