@@ -79,6 +79,15 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, VA_NS_INDEX_SIZE);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} v_ns_index SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, VA_MAX_SLOTS);
 	__type(key, __u32);
 	__type(value, struct va_header);
@@ -177,17 +186,30 @@ static __always_inline __u32 task_mnt_ns(struct task_struct *t)
 struct who {
 	__u32 ns;
 	__u32 slot;
-	struct va_container *c;
 	struct va_header *h;
 };
 
+/* Finds namespace ns's slot through the namespace index (varmor.h), falling back to
+ * v_containers when the index is shared. Returns 0 when ns is not bound. */
 static __always_inline int lookup_ns(__u32 ns, struct who *w)
 {
+	__u32 i = ns & (VA_NS_INDEX_SIZE - 1);
+	__u64 *e = bpf_map_lookup_elem(&v_ns_index, &i);
 	w->ns = ns;
-	w->c = bpf_map_lookup_elem(&v_containers, &ns);
-	if (!w->c)
+	if (!e)
 		return 0;
-	w->slot = w->c->slot;
+	/* One 8-byte load: the agent stores the entry atomically. */
+	__u64 v = *(volatile __u64 *)e;
+	if ((__u32)(v >> 32) == ns && (v & VA_NSI_BOUND)) {
+		w->slot = v & VA_NSI_SLOT_MASK;
+	} else if (v & VA_NSI_SHARED) {
+		struct va_container *c = bpf_map_lookup_elem(&v_containers, &ns);
+		if (!c)
+			return 0;
+		w->slot = c->slot;
+	} else {
+		return 0;
+	}
 	w->h = bpf_map_lookup_elem(&v_headers, &w->slot);
 	return 1;
 }
@@ -988,7 +1010,7 @@ struct scan_ctx {
 	__u32 err;
 	__u32 family;
 	__u32 addr[4];
-	struct va_container *cont;
+	__u32 ns; /* connect: the task's mount namespace (pod-self rules read its container) */
 	/* The egress index (word offsets into the blob). */
 	__u64 base;
 	__u64 prefixes;
@@ -1112,7 +1134,7 @@ static __always_inline int egress_hit(struct scan_ctx *c, struct va_words *r)
 		       (c->addr[1] & r->w[9]) == r->w[5] && (c->addr[2] & r->w[10]) == r->w[6] &&
 		       (c->addr[3] & r->w[11]) == r->w[7];
 	if (kind == VA_EGRESS_POD_SELF) {
-		struct va_container *ct = c->cont;
+		struct va_container *ct = bpf_map_lookup_elem(&v_containers, &c->ns);
 		if (!ct)
 			return 0;
 		if (c->family == 4)
@@ -1238,7 +1260,7 @@ int BPF_PROG(varmor_socket_connect, struct socket *sock, struct sockaddr *addres
 	}
 	/* sin_port and sin6_port share the offset. */
 	c.b = bpf_ntohs(in->sin_port);
-	c.cont = w.c;
+	c.ns = w.ns;
 	__u32 act = VA_ACT_NONE;
 	__u32 flags = 0;
 	int ea;

@@ -99,6 +99,21 @@
 /* Pseudo mount flag for umount (unused by Linux mount flags). */
 #define VA_MOUNT_UMOUNT 0x200
 
+/* The namespace index (v_ns_index): a direct-indexed front of v_containers, so that finding a
+ * task's container costs one inlined array load instead of a hash lookup. Entry
+ * mnt_ns & (VA_NS_INDEX_SIZE - 1) is one u64, stored atomically by the agent through a shared
+ * mapping of the array (BPF_F_MMAPABLE; a map update would copy it byte by byte):
+ *   0                                      no bound namespace has this index;
+ *   ns << 32 | VA_NSI_BOUND | slot         namespace ns is bound to slot;
+ *   ... | VA_NSI_SHARED                    other bound namespaces have this index too: a
+ *                                          namespace other than ns is looked up in
+ *                                          v_containers.
+ * Namespace inode numbers are allocated densely, so indexes rarely collide. */
+#define VA_NS_INDEX_SIZE 65536
+#define VA_NSI_BOUND 0x80000000
+#define VA_NSI_SHARED 0x40000000
+#define VA_NSI_SLOT_MASK 0xffff
+
 /* Container flags. */
 #define VA_CF_POD_V4 1
 #define VA_CF_POD_V6 2

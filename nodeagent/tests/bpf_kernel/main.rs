@@ -61,6 +61,7 @@ fn main() {
         ("long_paths_fail_closed", long_paths_fail_closed),
         ("overlayfs_reports_once", overlayfs_reports_once),
         ("top_filter_mounts", top_filter_mounts),
+        ("ns_index_entries", ns_index_entries),
         ("benign_runtime_default", benign_runtime_default),
         ("restart_under_load", restart_under_load),
     ];
@@ -2059,6 +2060,61 @@ fn top_filter_mounts(ctx: &Ctx) {
     ctx.remove("top");
     println!(
         "  top filter: 9 opens across 4 mounts, {denied} denied, {filtered} decided by the filter"
+    );
+}
+
+/// The namespace index in front of v_containers: a bound container is found through its entry,
+/// through the hash when the entry is shared with another namespace, and an entry naming
+/// another namespace without the shared mark reads as not bound (the programs do consult the
+/// index). The entries are overwritten here with map updates while the process is idle.
+fn ns_index_entries(ctx: &Ctx) {
+    use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+    use varmor_agent::enforcer::bpf::nsindex::{index_of, read, Lookup};
+    let root = Root::tmpfs("nsi");
+    root.file("/secret", 0o644);
+    let rules = "      privileged: true\n      bpfRawRules:\n        files:\n        - pattern: /secret\n          permissions: [read]\n";
+    let profile = profile_of(&policy_yaml("EnhanceProtect", rules));
+    let mut a = Proc::spawn(&root);
+    ctx.apply("nsi", &profile);
+    ctx.bind(&a, "nsi", &[]);
+    let dir = Path::new(PIN_ROOT).join(format!("v{VA_LAYOUT_VERSION}"));
+    let pinned = |name: &str| {
+        Map::from_map_data(MapData::from_pin(dir.join(name)).expect("pinned")).expect("a map")
+    };
+    let mut index: Array<MapData, u64> = Array::try_from(pinned("v_ns_index")).expect("an array");
+    let containers: BpfHashMap<MapData, u32, [u8; CONTAINER_SIZE]> =
+        BpfHashMap::try_from(pinned("v_containers")).expect("a hash");
+    let slot = ContainerEntry::from_bytes(&containers.get(&a.ns, 0).expect("bound")).slot;
+    let i = index_of(a.ns);
+    let entry = index.get(&i, 0).expect("entry");
+    assert_eq!(read(entry, a.ns), Lookup::Slot(slot), "entry {entry:#x}");
+    let open = |a: &mut Proc| a.errno(&format!("open {} /secret", libc::O_RDONLY));
+    assert_eq!(open(&mut a), libc::EPERM, "found through the index");
+    let other = u64::from(a.ns.wrapping_add(VA_NS_INDEX_SIZE)) << 32;
+    index
+        .set(i, other | u64::from(VA_NSI_BOUND | VA_NSI_SHARED | 1), 0)
+        .expect("set");
+    assert_eq!(open(&mut a), libc::EPERM, "found through the hash");
+    index
+        .set(i, other | u64::from(VA_NSI_BOUND | 1), 0)
+        .expect("set");
+    assert_eq!(
+        open(&mut a),
+        0,
+        "an entry naming another namespace: not bound"
+    );
+    index.set(i, entry, 0).expect("restore");
+    assert_eq!(open(&mut a), libc::EPERM, "restored");
+    ctx.unbind(&a);
+    assert_eq!(
+        index.get(&i, 0).expect("entry"),
+        0,
+        "unbinding clears the entry"
+    );
+    assert_eq!(open(&mut a), 0, "unbound");
+    ctx.remove("nsi");
+    println!(
+        "  namespace index: direct entry, shared entry (hash), foreign entry, cleared on unbind"
     );
 }
 

@@ -12,6 +12,7 @@ use aya::programs::Lsm;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use super::layout::*;
+use super::nsindex::{NsIndex, Words};
 
 /// The enforcer's BPF object (built by `build.rs` from `bpf-programs/varmor.bpf.c`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/varmor.bpf.o"));
@@ -114,6 +115,9 @@ pub struct ProgramReport {
 pub struct Kernel {
     dir: PathBuf,
     containers: BpfHashMap<MapData, u32, [u8; CONTAINER_SIZE]>,
+    /// `v_ns_index`, mapped (see [`super::nsindex`]), and what its entries must hold.
+    ns_words: Words,
+    ns_index: NsIndex,
     headers: Array<MapData, [u8; HEADER_SIZE]>,
     blobs: ArrayOfMaps<MapData, Array<MapData, Value>>,
     meta: Array<MapData, [u8; META_SIZE]>,
@@ -177,8 +181,30 @@ impl Kernel {
                 reason: "missing from the object".into(),
             })
         };
-        let containers = BpfHashMap::try_from(take(&mut ebpf, "v_containers")?)
-            .map_err(map_err("v_containers"))?;
+        let containers: BpfHashMap<MapData, u32, [u8; CONTAINER_SIZE]> =
+            BpfHashMap::try_from(take(&mut ebpf, "v_containers")?)
+                .map_err(map_err("v_containers"))?;
+        let ns_words = match take(&mut ebpf, "v_ns_index")? {
+            Map::Array(data) => Words::map(data, VA_NS_INDEX_SIZE as usize),
+            _ => Err(std::io::Error::other("not an array")),
+        }
+        .map_err(|e| KernelError::Map {
+            map: "v_ns_index",
+            reason: format!("cannot map it: {e}"),
+        })?;
+        // The index must agree with v_containers (adopted from an earlier agent, or new and
+        // empty): rebuilt from it, and only entries that differ are stored.
+        let mut ns_index = NsIndex::default();
+        for item in containers.iter() {
+            let (ns, v) = item.map_err(map_err("v_containers"))?;
+            ns_index.set(ns, ContainerEntry::from_bytes(&v).slot);
+        }
+        for i in 0..VA_NS_INDEX_SIZE {
+            let want = ns_index.entry(i);
+            if ns_words.load(i as usize) != want {
+                ns_words.store(i as usize, want);
+            }
+        }
         let headers =
             Array::try_from(take(&mut ebpf, "v_headers")?).map_err(map_err("v_headers"))?;
         let blobs =
@@ -276,6 +302,8 @@ impl Kernel {
         Ok(Kernel {
             dir,
             containers,
+            ns_words,
+            ns_index,
             headers,
             blobs,
             meta,
@@ -388,12 +416,19 @@ impl KernelMaps for Kernel {
     }
 
     fn set_container(&mut self, mnt_ns: u32, entry: &ContainerEntry) -> Result<(), KernelError> {
+        // The hash first, the index after (see nsindex).
         self.containers
             .insert(mnt_ns, entry.to_bytes(), 0)
-            .map_err(map_err("v_containers"))
+            .map_err(map_err("v_containers"))?;
+        let (i, e) = self.ns_index.set(mnt_ns, entry.slot);
+        self.ns_words.store(i as usize, e);
+        Ok(())
     }
 
     fn remove_container(&mut self, mnt_ns: u32) -> Result<(), KernelError> {
+        // The index first, the hash after (see nsindex).
+        let (i, e) = self.ns_index.remove(mnt_ns);
+        self.ns_words.store(i as usize, e);
         match self.containers.remove(&mnt_ns) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err("v_containers")(e)),

@@ -17,6 +17,7 @@ pub mod events;
 pub mod kernel;
 pub mod layout;
 pub mod model;
+pub mod nsindex;
 pub mod probe;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
