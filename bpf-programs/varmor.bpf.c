@@ -2,10 +2,10 @@
 /*
  * varmor BPF-LSM enforcer.
  *
- * Every hook finds the calling task's container by its mount-namespace inode
- * (v_containers), the container's profile version ("slot") header (v_headers) and, when it
- * needs tables, the slot's blob (v_blobs, an array of per-slot inner arrays). Tasks outside
- * any container return at once. The decision reproduces varmor_policy::decide exactly; see
+ * Every hook finds the calling task's container by its mount-namespace inode (v_ns_index, in
+ * front of v_containers), the container's profile version ("slot") header (v_headers) and,
+ * when it needs tables, the slot's blob (v_blobs, an array of per-slot inner arrays). Tasks
+ * outside any container return at once. The decision reproduces varmor_policy::decide exactly; see
  * README.md for the design and the deliberate differences (fail closed on unresolvable paths,
  * stricter link/rename checks).
  */
