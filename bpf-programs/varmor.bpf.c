@@ -187,6 +187,7 @@ struct who {
 	__u32 ns;
 	__u32 slot;
 	struct va_header *h;
+	struct task_struct *task; /* set by current_profile */
 };
 
 /* Finds namespace ns's slot through the namespace index (varmor.h), falling back to
@@ -734,7 +735,9 @@ static __always_inline int top_says_no_rule(struct who *w, struct va_scratch *s,
 	struct va_header *h = w->h;
 	if (!h || h->mode != VA_MODE_ENFORCE || !(h->flags & VA_HF_TOP_FILTER))
 		return 0;
-	struct task_struct *t = bpf_get_current_task_btf();
+	struct task_struct *t = w->task;
+	if (!t)
+		return 0;
 	struct dentry *root = t->fs->root.dentry;
 	struct vfsmount *root_mnt = t->fs->root.mnt;
 	struct dentry *d = file->f_path.dentry;
@@ -813,6 +816,7 @@ static __always_inline int current_profile(struct who *w, int *deny)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	*deny = 0;
+	w->task = t;
 	if (!lookup_ns(task_mnt_ns(t), w))
 		return 0;
 	if (!w->h || w->h->mode == VA_MODE_FREE) {
