@@ -57,6 +57,7 @@ _Static_assert(__builtin_offsetof(struct va_header, leaf) == VA_HDR_OFF_LEAF, "l
 _Static_assert(__builtin_offsetof(struct va_header, egress_scan_count) == VA_HDR_OFF_EGRESS_INDEX,
 	       "egress index");
 _Static_assert(__builtin_offsetof(struct va_header, leaf_first) == VA_HDR_OFF_LEAF_FIRST, "lf");
+_Static_assert(__builtin_offsetof(struct va_header, top_first) == VA_HDR_OFF_TOP_FIRST, "tf");
 _Static_assert(sizeof(struct va_header) == VA_HEADER_SIZE, "header size");
 _Static_assert(sizeof(struct va_container) == VA_CONTAINER_SIZE, "container size");
 _Static_assert(__builtin_offsetof(struct va_event, path) == VA_EV_OFF_PATH, "event path");
@@ -651,20 +652,20 @@ struct dentry___iname {
 } __attribute__((preserve_access_index));
 
 #define NAME_BYTE(i)                                                                           \
-	case (i) + 1:                                                                          \
+	case (i):                                                                              \
 		*b = di->d_iname[i];                                                           \
 		return 0;
 
-/* The last byte of dentry d's name (len bytes, 1..255). An inline name is read with one
- * fixed-offset load (a branch per length: the verifier rejects a variable offset into a
+/* Byte i of dentry d's name (the caller checks i < its length). An inline name is read with
+ * one fixed-offset load (a branch per offset: the verifier rejects a variable offset into a
  * kernel struct), which costs less than a helper call. Returns nonzero when it cannot be
  * read. */
-static __always_inline int last_name_byte(struct dentry *d, __u32 len, __u8 *b)
+static __always_inline int name_byte(struct dentry *d, __u32 i, __u8 *b)
 {
 	const unsigned char *name = d->d_name.name;
 	struct dentry___iname *di = (void *)d;
 	if (bpf_core_field_exists(di->d_iname) && (__u64)name == (__u64)di->d_iname) {
-		switch (len) {
+		switch (i) {
 			NAME_BYTE(0) NAME_BYTE(1) NAME_BYTE(2) NAME_BYTE(3) NAME_BYTE(4)
 			NAME_BYTE(5) NAME_BYTE(6) NAME_BYTE(7) NAME_BYTE(8) NAME_BYTE(9)
 			NAME_BYTE(10) NAME_BYTE(11) NAME_BYTE(12) NAME_BYTE(13) NAME_BYTE(14)
@@ -674,7 +675,7 @@ static __always_inline int last_name_byte(struct dentry *d, __u32 len, __u8 *b)
 			NAME_BYTE(30)
 		}
 	}
-	return bpf_probe_read_kernel(b, 1, name + len - 1);
+	return bpf_probe_read_kernel(b, 1, name + i);
 }
 
 /* The leaf filter's first step (header.leaf_first): 1 when the last byte of the opened file's
@@ -687,7 +688,7 @@ static __always_inline int leaf_first_says_no_rule(struct va_header *h, struct f
 		return 0;
 	__u32 len = leaf_name_len(file);
 	__u8 b;
-	if (!len || last_name_byte(file->f_path.dentry, len, &b))
+	if (!len || name_byte(file->f_path.dentry, len - 1, &b))
 		return 0;
 	return !((h->leaf_first[(b >> 6) & 3] >> (b & 63)) & 1);
 }
@@ -721,29 +722,40 @@ static __always_inline int leaf_says_no_rule(struct who *w, struct va_scratch *s
 	return all_dead(&c);
 }
 
-/* The top filter (VA_HF_TOP_FILTER): climbs from the opened file to the component of its path
- * just below the task's root, with direct loads through BTF pointers and at most one mount
- * crossing (a mount on a top-level directory, like /proc or a volume), and walks
- * "/<component>/" through the path automaton. Returns 1 when every walk dies there, so no file
- * rule can match the path; 0 when it cannot tell (deeper than VA_TOP_MAX_DEPTH, more mount
- * crossings, a file at the top level, a disconnected or deleted dentry, a path outside the
- * task's root). The walk is done under RCU like d_path's; a concurrent rename shows the
- * component's old or new name, either of which was the path at some instant. */
-static __always_inline int top_says_no_rule(struct who *w, struct va_scratch *s,
-					    struct file *file)
+/* The top filter (VA_HF_TOP_FILTER for opens, kind VA_KIND_FILE; VA_HF_TOP_FILTER_EXEC for
+ * execs, kind VA_KIND_EXEC) decides from the first component of the file's path, below the
+ * task's root: first from its first byte (header.top_first, no table lookup), then by walking
+ * "/<component>/" through the path automaton. */
+static __always_inline int top_filter_on(struct va_header *h, __u32 kind)
 {
-	struct va_header *h = w->h;
-	if (!h || h->mode != VA_MODE_ENFORCE || !(h->flags & VA_HF_TOP_FILTER))
-		return 0;
+	__u32 flag = kind == VA_KIND_EXEC ? VA_HF_TOP_FILTER_EXEC : VA_HF_TOP_FILTER;
+	return h && h->mode == VA_MODE_ENFORCE && (h->flags & flag);
+}
+
+/* The first component of a file's path. */
+struct top {
+	struct dentry *d; /* its dentry when reached without crossing a mount, else 0 */
+	__u64 at; /* its dentry's address */
+	int single; /* the file itself is the first component (a file at the top level) */
+};
+
+/* Climbs from the file to the component of its path just below the task's root, with direct
+ * loads through BTF pointers and at most one mount crossing (a mount on a top-level directory,
+ * like /proc or a volume). Returns -1 when it cannot tell (deeper than VA_TOP_MAX_DEPTH, more
+ * mount crossings, a disconnected or deleted dentry, a path outside the task's root). The
+ * climb is done under RCU like d_path's; a concurrent rename shows the component's old or new
+ * name, either of which was the path at some instant. */
+static __always_inline int first_component(struct who *w, struct file *file, struct top *tc)
+{
 	struct task_struct *t = w->task;
 	if (!t)
-		return 0;
+		return -1;
 	struct dentry *root = t->fs->root.dentry;
 	struct vfsmount *root_mnt = t->fs->root.mnt;
 	struct dentry *d = file->f_path.dentry;
 	struct vfsmount *mnt = file->f_path.mnt;
 	if (!d || !mnt || !d->d_hash.pprev)
-		return 0;
+		return -1;
 	struct dentry *mnt_root = mnt->mnt_root;
 	struct dentry *top = 0;
 	__u32 reached = 0; /* 1: the task's root; 2: the root of the file's mount */
@@ -758,13 +770,12 @@ static __always_inline int top_says_no_rule(struct who *w, struct va_scratch *s,
 		}
 		struct dentry *p = d->d_parent;
 		if (!p || p == d)
-			return 0;
+			return -1;
 		top = d;
 		d = p;
 	}
 	if (!reached || !top)
-		return 0;
-	__u64 top_at = (__u64)top;
+		return -1;
 	if (reached == 2) {
 		/* One crossing: the mount's mountpoint must sit right below the task's root (in
 		 * the root's mount); it is then the first component. */
@@ -774,14 +785,49 @@ static __always_inline int top_says_no_rule(struct who *w, struct va_scratch *s,
 		struct dentry *mpp = BPF_CORE_READ(mp, d_parent);
 		if (!pm || pm == m || mpp != root || mp == root ||
 		    mount_vfsmnt(pm) != (__u64)root_mnt)
-			return 0;
-		top_at = (__u64)mp;
-	} else if (top == file->f_path.dentry) {
-		/* A file at the top level: its path has no "/<component>/". */
+			return -1;
+		tc->d = 0;
+		tc->at = (__u64)mp;
+		tc->single = 0;
 		return 0;
 	}
+	tc->d = top;
+	tc->at = (__u64)top;
+	tc->single = top == file->f_path.dentry;
+	return 0;
+}
+
+/* The top filter's first step: 1 when "/" and the first byte of the first component kill
+ * every walk of kind (header.top_first). */
+static __always_inline int top_first_says_no_rule(struct va_header *h, struct top *tc,
+						  __u32 kind)
+{
+	__u8 b;
+	if (tc->d) {
+		if (name_byte(tc->d, 0, &b))
+			return 0;
+	} else {
+		const unsigned char *name;
+		if (bpf_probe_read_kernel(&name, sizeof(name),
+					  &((struct dentry *)tc->at)->d_name.name) ||
+		    bpf_probe_read_kernel(&b, 1, name))
+			return 0;
+	}
+	__u32 k = kind == VA_KIND_EXEC ? 1 : 0;
+	return !((h->top_first[k][(b >> 6) & 3] >> (b & 63)) & 1);
+}
+
+/* The top filter's walk of "/<component>/" through the path automaton: 1 when every walk of
+ * kind dies there, so no rule of that kind can match the path; 0 when it cannot tell (a file
+ * at the top level has no "/<component>/"). */
+static __always_inline int top_says_no_rule(struct who *w, struct va_scratch *s, struct top *tc,
+					    __u32 kind)
+{
+	struct va_header *h = w->h;
+	if (!h || tc->single)
+		return 0;
 	struct qstr q;
-	if (bpf_probe_read_kernel(&q, sizeof(q), &((struct dentry *)top_at)->d_name))
+	if (bpf_probe_read_kernel(&q, sizeof(q), &((struct dentry *)tc->at)->d_name))
 		return 0;
 	__u32 len = q.len;
 	if (len == 0 || len > 255)
@@ -795,7 +841,7 @@ static __always_inline int top_says_no_rule(struct who *w, struct va_scratch *s,
 	if (!blob)
 		return 0;
 	struct walk_ctx c = {};
-	if (run_walks(&c, blob, w->slot, &h->path, 0, VA_KIND_FILE, 0, len + 2, 0) < 0)
+	if (run_walks(&c, blob, w->slot, &h->path, 0, kind, 0, len + 2, 0) < 0)
 		return 0;
 	return all_dead(&c);
 }
@@ -844,6 +890,10 @@ int BPF_PROG(varmor_file_open, struct file *file, int ret)
 		return 0;
 	if (!path_rules_for(w.h, VA_KIND_FILE) || leaf_first_says_no_rule(w.h, file))
 		return 0;
+	struct top tc = {};
+	int top = top_filter_on(w.h, VA_KIND_FILE) && first_component(&w, file, &tc) == 0;
+	if (top && top_first_says_no_rule(w.h, &tc, VA_KIND_FILE))
+		return 0;
 	__u32 req = 0;
 	if (fmode & FMODE_READ)
 		req |= VA_PERM_READ;
@@ -856,7 +906,7 @@ int BPF_PROG(varmor_file_open, struct file *file, int ret)
 	struct va_scratch *s = scratch();
 	if (!s)
 		return -EPERM;
-	if (leaf_says_no_rule(&w, s, file) || top_says_no_rule(&w, s, file))
+	if (leaf_says_no_rule(&w, s, file) || (top && top_says_no_rule(&w, s, &tc, VA_KIND_FILE)))
 		return 0;
 	long n = bpf_d_path((struct path *)&file->f_path, s->path, VA_PATH_MAX);
 	int err = n <= 0 || n > VA_PATH_MAX;
@@ -874,10 +924,16 @@ int BPF_PROG(varmor_bprm_check_security, struct linux_binprm *bprm, int ret)
 		return deny ? -EPERM : 0;
 	if (!path_rules_for(w.h, VA_KIND_EXEC))
 		return 0;
+	struct file *f = bprm->file;
+	struct top tc = {};
+	int top = top_filter_on(w.h, VA_KIND_EXEC) && first_component(&w, f, &tc) == 0;
+	if (top && top_first_says_no_rule(w.h, &tc, VA_KIND_EXEC))
+		return 0;
 	struct va_scratch *s = scratch();
 	if (!s)
 		return -EPERM;
-	struct file *f = bprm->file;
+	if (top && top_says_no_rule(&w, s, &tc, VA_KIND_EXEC))
+		return 0;
 	long n = bpf_d_path((struct path *)&f->f_path, s->path, VA_PATH_MAX);
 	int err = n <= 0 || n > VA_PATH_MAX;
 	return decide_path(&w, s, VA_EV_EXEC, VA_KIND_EXEC, VA_PERM_EXEC, err, 0,

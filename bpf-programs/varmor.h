@@ -37,6 +37,9 @@
  * first component of an opened file's path (a dentry walk, cheaper than resolving the path)
  * and allow at once when no file rule can match below it. */
 #define VA_HF_TOP_FILTER 1
+/* The same for programs: bprm_check_security may decide an exec from the first component of
+ * the program's path (the walks' live range for exec). */
+#define VA_HF_TOP_FILTER_EXEC 4
 /* The socket section is a decision table instead of a rule list (more than
  * VA_SOCKET_TABLE_MIN_RULES rules): one 4-bit action per (domain, type, protocol) cell,
  * cell = (domain * VA_SOCKET_TABLE_TYPES + type) * VA_SOCKET_TABLE_PROTOCOLS + protocol, where
@@ -167,7 +170,8 @@
 #define VA_HDR_OFF_LEAF 816
 #define VA_HDR_OFF_EGRESS_INDEX 1168
 #define VA_HDR_OFF_LEAF_FIRST 1192
-#define VA_HEADER_SIZE 1224
+#define VA_HDR_OFF_TOP_FIRST 1224
+#define VA_HEADER_SIZE 1288
 #define VA_CONTAINER_SIZE 28
 #define VA_EV_OFF_PATH 104
 #define VA_EV_SIZE 4200
@@ -235,6 +239,12 @@ struct va_header {
 	 * of the opened file's name; when its bit is clear, no file rule can match the path and
 	 * the open is allowed with no table lookup. All clear when there is no leaf filter. */
 	__u64 leaf_first[4];
+	/* The top filter's first step, precomputed per walk kind (0: file, 1: exec): bit b is set
+	 * when some walk of the path automaton is still live after "/" and the byte b. With
+	 * VA_HF_TOP_FILTER (VA_HF_TOP_FILTER_EXEC), file_open (bprm_check_security) reads the
+	 * first byte of the path's first component; when its bit is clear, no rule of that kind
+	 * can match the path. */
+	__u64 top_first[2][4];
 };
 
 struct va_words {

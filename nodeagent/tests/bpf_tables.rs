@@ -8,7 +8,8 @@ mod bpf_support;
 use proptest::prelude::*;
 use varmor_agent::enforcer::bpf::encode::{encode, EncodeError};
 use varmor_agent::enforcer::bpf::layout::{
-    ContainerEntry, VA_HF_SOCKET_TABLE, VA_HF_TOP_FILTER, VA_MAX_BLOB_VALUES,
+    ContainerEntry, VA_HF_SOCKET_TABLE, VA_HF_TOP_FILTER, VA_HF_TOP_FILTER_EXEC, VA_KIND_EXEC,
+    VA_KIND_FILE, VA_MAX_BLOB_VALUES,
 };
 use varmor_agent::enforcer::bpf::model::Model;
 use varmor_policy::bundle::{BpfProfile, RuleAction};
@@ -360,6 +361,17 @@ fn the_top_filter_decides_opens_below_unruled_top_directories() {
     assert!(!model.top_says_no_rule("/etc"));
     assert!(!model.top_says_no_rule("/"));
 
+    // Its first step: "/" and the first byte.
+    assert!(model.top_first_says_no_rule("/etc/passwd", VA_KIND_FILE));
+    assert!(model.top_first_says_no_rule("/usr/lib/x", VA_KIND_FILE));
+    assert!(model.top_first_says_no_rule("/toplevel", VA_KIND_FILE));
+    assert!(!model.top_first_says_no_rule("/proc/1/mem", VA_KIND_FILE));
+    assert!(!model.top_first_says_no_rule("/pro/x", VA_KIND_FILE));
+    assert!(!model.top_first_says_no_rule("/", VA_KIND_FILE));
+    let (first, _, _) = filtered_corpus_opens(|m, p| m.top_first_says_no_rule(p, VA_KIND_FILE));
+    println!("top filter's first step: {first} corpus opens decided");
+    assert!(first > 0);
+
     // Over the corpus: every filtered open is one no file rule matches, and the filter works
     // on more than one profile.
     let (filtered, _, profiles) = filtered_corpus_opens(|m, p| m.top_says_no_rule(p));
@@ -367,6 +379,72 @@ fn the_top_filter_decides_opens_below_unruled_top_directories() {
         "top filter: {filtered} corpus opens decided without the path, in {profiles} profiles"
     );
     assert!(profiles > 1);
+}
+
+#[test]
+fn the_top_filter_decides_execs_below_unruled_top_directories() {
+    // Program rules under /opt, file rules that end in a name under /srv.
+    let case = thousand_rules_case();
+    let enc = encode(&case.profile).expect("encode");
+    assert_ne!(enc.header.flags & VA_HF_TOP_FILTER_EXEC, 0, "on for execs");
+    let model = Model::new(&enc);
+    assert!(model.top_says_no_exec_rule("/bin/true"));
+    assert!(model.top_first_says_no_rule("/bin/true", VA_KIND_EXEC));
+    assert!(!model.top_first_says_no_rule("/opt/bin7/tool", VA_KIND_EXEC));
+    assert!(model.top_first_says_no_rule("/srv/app1/run", VA_KIND_EXEC));
+    assert!(!model.top_first_says_no_rule("/srv/app1/run", VA_KIND_FILE));
+    assert!(model.top_says_no_exec_rule("/usr/bin/python3"));
+    assert!(!model.top_says_no_exec_rule("/opt/bin7/tool"));
+    assert!(!model.top_says_no_exec_rule("/opt"));
+    // Execs are not opens: /srv has file rules but no program rules.
+    assert!(model.top_says_no_exec_rule("/srv/app1/run"));
+    assert!(!model.top_says_no_rule("/srv/app1/run"));
+
+    // A program name pattern runs under any directory: no exec filter. RuntimeDefault has no
+    // program rules at all (bprm_check_security returns before any walk).
+    for (yaml, why) in [
+        (
+            "      privileged: true\n      bpfRawRules:\n        processes:\n        - pattern: /opt/x\n          permissions: [exec]\n        - pattern: nc\n          permissions: [exec]\n",
+            "a name pattern",
+        ),
+        ("", "RuntimeDefault"),
+    ] {
+        let enc = encode(&profile_of(&policy_yaml(
+            if yaml.is_empty() { "RuntimeDefault" } else { "EnhanceProtect" },
+            yaml,
+        )))
+        .expect("encode");
+        assert_eq!(enc.header.flags & VA_HF_TOP_FILTER_EXEC, 0, "{why}");
+    }
+
+    // Over the corpus: no program rule matches an exec the filter decides.
+    let mut filtered = 0;
+    for case in corpus() {
+        let enc = encode(&case.profile).expect("encode");
+        let model = Model::new(&enc);
+        for a in all_accesses(&case) {
+            if let Access::Exec { path } = &a {
+                if model.top_says_no_exec_rule(path)
+                    || model.top_first_says_no_rule(path, VA_KIND_EXEC)
+                {
+                    filtered += 1;
+                    let any = case.profile.files.iter().any(|r| {
+                        r.permissions & 1 != 0
+                            && varmor_policy::glob::Pattern::parse(&r.pattern)
+                                .expect("valid")
+                                .matches(path.as_bytes())
+                    });
+                    assert!(
+                        !any,
+                        "{}: exec {path} is filtered but a rule matches",
+                        case.name
+                    );
+                }
+            }
+        }
+    }
+    println!("top filter: {filtered} corpus execs decided without the path");
+    assert!(filtered > 0);
 }
 
 #[test]

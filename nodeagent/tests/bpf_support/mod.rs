@@ -246,13 +246,16 @@ pub fn corpus() -> Vec<Case> {
             &format!("      privileged: true\n      auditViolations: true\n{leafy}"),
         )),
     );
-    // File patterns that all start with a literal first component (the name pattern "*.pem"
-    // matches under any directory): the profile gets the top filter, so file_open decides
-    // paths below other top-level directories from their first component.
-    let rooted = RAW_RULES.replace(
-        "        - pattern: \"*.pem\"\n          permissions: [write, append]\n",
-        "",
-    );
+    // File and program patterns that all start with a literal first component (the name
+    // patterns "*.pem" and "nc" match under any directory): the profile gets the top filter
+    // for opens and execs, so file_open and bprm_check_security decide paths below other
+    // top-level directories from their first component.
+    let rooted = RAW_RULES
+        .replace(
+            "        - pattern: \"*.pem\"\n          permissions: [write, append]\n",
+            "",
+        )
+        .replace("        - pattern: nc\n          permissions: [exec]\n", "");
     assert_ne!(rooted, RAW_RULES);
     add(
         "raw-top-filter",

@@ -159,8 +159,13 @@ pub fn encode(p: &BpfProfile) -> Result<EncodedProfile, EncodeError> {
     h.path = encode_automaton(&p.path_automaton, path_bits, &rows, &mut blob);
     if p.mode == BpfMode::Enforce {
         (h.leaf, h.leaf_first) = leaf_filter(p, &mut blob);
-        if top_filter_can_stop(&p.path_automaton, path_bits) {
+        if top_filter_can_stop(&p.path_automaton, path_bits, FILE_BIT) {
             h.flags |= VA_HF_TOP_FILTER;
+            h.top_first[0] = top_first(&p.path_automaton, path_bits, FILE_BIT);
+        }
+        if top_filter_can_stop(&p.path_automaton, path_bits, EXEC_BIT) {
+            h.flags |= VA_HF_TOP_FILTER_EXEC;
+            h.top_first[1] = top_first(&p.path_automaton, path_bits, EXEC_BIT);
         }
     }
 
@@ -720,16 +725,17 @@ fn socket_table(records: &[u32]) -> Vec<u32> {
     words
 }
 
-/// Whether the top filter can pay: every walk of the path automaton (kind file) dies on
-/// `/<name>/` for some first component `name`. `file_open` then reads the first component of
+/// Whether the top filter can pay for the walks of kind `bit` (`FILE_BIT` for opens, `EXEC_BIT`
+/// for execs): every walk of the path automaton dies on `/<name>/` for some first component
+/// `name`. `file_open` then reads the first component of
 /// an opened file's path (a climb of the dentry chain) and allows at once when every walk dies
 /// there, without resolving the path. This is what lets profiles whose patterns end in `**`
 /// (`/sys/firmware/**`, where the leaf filter can never stop) skip most opens. When some walk
 /// survives every first component (a pattern starting with `/**` or `/*`), the climb would
 /// only add cost.
-fn top_filter_can_stop(a: &Automaton, row_bits: impl Fn(usize) -> u8) -> bool {
+fn top_filter_can_stop(a: &Automaton, row_bits: impl Fn(usize) -> u8, bit: u8) -> bool {
     let reach = reachable_bits(a, row_bits);
-    let live = |s: usize| reach[s] & FILE_BIT != 0;
+    let live = |s: usize| reach[s] & bit != 0;
     let classes = a.class_count as usize;
     let class_of = |b: u8| a.byte_classes[b as usize] as usize;
     let slash = class_of(b'/');
@@ -768,6 +774,30 @@ fn top_filter_can_stop(a: &Automaton, row_bits: impl Fn(usize) -> u8) -> bool {
         }
     }
     walks > 0
+}
+
+/// The top filter's first step for the walks of kind `bit`: the bytes `b` after which (and
+/// `/` before) some walk is still live. `/` and NUL cannot start a path component: they are
+/// set, so that no path is ever decided by them.
+fn top_first(a: &Automaton, row_bits: impl Fn(usize) -> u8, bit: u8) -> [u64; 4] {
+    let reach = reachable_bits(a, row_bits);
+    let live = |s: usize| reach[s] & bit != 0;
+    let classes = a.class_count as usize;
+    let next =
+        |s: usize, b: u8| a.transitions[s * classes + a.byte_classes[b as usize] as usize] as usize;
+    let mut first = [0u64; 4];
+    for b in 0..=255u8 {
+        let alive = b == 0
+            || b == b'/'
+            || a.starts.iter().any(|&s| {
+                let s = s as usize;
+                live(s) && live(next(next(s, b'/'), b))
+            });
+        if alive {
+            first[b as usize / 64] |= 1 << (b % 64);
+        }
+    }
+    first
 }
 
 /// For every state, the kinds of verdict reachable from it (itself included), where

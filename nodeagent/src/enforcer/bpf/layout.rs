@@ -150,6 +150,9 @@ pub struct Header {
     /// The leaf filter's first step: bit `b` is set when some walk of `leaf` is still live
     /// after the byte `b` (see `varmor.h`).
     pub leaf_first: [u64; 4],
+    /// The top filter's first step per walk kind (file, exec): bit `b` is set when some walk
+    /// of `path` is still live after `/` and the byte `b` (see `varmor.h`).
+    pub top_first: [[u64; 4]; 2],
 }
 
 impl Header {
@@ -215,6 +218,9 @@ impl Header {
         for (k, w) in self.leaf_first.iter().enumerate() {
             put_u64(&mut b, VA_HDR_OFF_LEAF_FIRST as usize + 8 * k, *w);
         }
+        for (k, w) in self.top_first.iter().flatten().enumerate() {
+            put_u64(&mut b, VA_HDR_OFF_TOP_FIRST as usize + 8 * k, *w);
+        }
         b
     }
 
@@ -260,6 +266,11 @@ impl Header {
             egress_bucket_mask: get_u32(b, e + 16),
             egress_seed: get_u32(b, e + 20),
             leaf_first: std::array::from_fn(|k| get_u64(b, VA_HDR_OFF_LEAF_FIRST as usize + 8 * k)),
+            top_first: std::array::from_fn(|kind| {
+                std::array::from_fn(|k| {
+                    get_u64(b, VA_HDR_OFF_TOP_FIRST as usize + 32 * kind + 8 * k)
+                })
+            }),
         }
     }
 }
@@ -406,6 +417,7 @@ mod tests {
         h.leaf.trans_off = 77;
         h.egress_seed = 5;
         h.leaf_first[3] = 1 << 63;
+        h.top_first[1][3] = 1 << 63;
         let b = h.to_bytes();
         assert_eq!(Header::from_bytes(&b), h);
         assert_eq!(get_u64(&b, 16 + 24), 1 << 40);

@@ -104,7 +104,42 @@ impl<'a> Model<'a> {
     /// true when every walk dies there (no file rule can match below it). A path with a single
     /// component is never filtered.
     pub fn top_says_no_rule(&self, path: &str) -> bool {
-        if self.h.flags & VA_HF_TOP_FILTER == 0 || self.h.mode != VA_MODE_ENFORCE {
+        self.top_says_no_rule_for(path, VA_KIND_FILE)
+    }
+
+    /// `bprm_check_security`'s top filter: the same for the walks of kind exec.
+    pub fn top_says_no_exec_rule(&self, path: &str) -> bool {
+        self.top_says_no_rule_for(path, VA_KIND_EXEC)
+    }
+
+    /// The top filter's first step (`header.top_first`): true when `/` and the first byte of
+    /// the first component kill every walk of `kind`.
+    pub fn top_first_says_no_rule(&self, path: &str, kind: u32) -> bool {
+        let flag = if kind == VA_KIND_EXEC {
+            VA_HF_TOP_FILTER_EXEC
+        } else {
+            VA_HF_TOP_FILTER
+        };
+        if self.h.flags & flag == 0 || self.h.mode != VA_MODE_ENFORCE {
+            return false;
+        }
+        let Some(&b) = path.as_bytes().get(1).filter(|_| path.starts_with('/')) else {
+            return false;
+        };
+        if b == b'/' {
+            return false;
+        }
+        let bits = &self.h.top_first[usize::from(kind == VA_KIND_EXEC)];
+        bits[b as usize / 64] >> (b % 64) & 1 == 0
+    }
+
+    fn top_says_no_rule_for(&self, path: &str, kind: u32) -> bool {
+        let flag = if kind == VA_KIND_EXEC {
+            VA_HF_TOP_FILTER_EXEC
+        } else {
+            VA_HF_TOP_FILTER
+        };
+        if self.h.flags & flag == 0 || self.h.mode != VA_MODE_ENFORCE {
             return false;
         }
         let Some(rest) = path.strip_prefix('/') else {
@@ -122,8 +157,7 @@ impl<'a> Model<'a> {
             .chain(first.iter().copied())
             .chain([b'/'])
             .collect();
-        self.walk(&self.h.path, VA_KIND_FILE as usize, &input)
-            .is_empty()
+        self.walk(&self.h.path, kind as usize, &input).is_empty()
     }
 
     fn path(&self, path: &str, requested: u32) -> u32 {
@@ -140,8 +174,14 @@ impl<'a> Model<'a> {
         }
         if kind == VA_KIND_FILE as usize
             && (self.leaf_first_says_no_rule(path)
+                || self.top_first_says_no_rule(path, VA_KIND_FILE)
                 || self.leaf_says_no_rule(path)
                 || self.top_says_no_rule(path))
+        {
+            return VA_ACT_NONE;
+        }
+        if kind == VA_KIND_EXEC as usize
+            && (self.top_first_says_no_rule(path, VA_KIND_EXEC) || self.top_says_no_exec_rule(path))
         {
             return VA_ACT_NONE;
         }
