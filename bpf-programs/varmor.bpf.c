@@ -678,6 +678,12 @@ static __always_inline int name_byte(struct dentry *d, __u32 i, __u8 *b)
 	return bpf_probe_read_kernel(b, 1, name + i);
 }
 
+/* Bit b of a 256-bit byte bitmap (header.leaf_first, header.top_first). */
+static __always_inline int byte_bit(__u64 bits[4], __u8 b)
+{
+	return (bits[(b >> 6) & 3] >> (b & 63)) & 1;
+}
+
 /* The leaf filter's first step (header.leaf_first): 1 when the last byte of the opened file's
  * name already kills every walk, so no file rule can match the path. The common case of a
  * profile whose file rules end in fixed names or suffixes: decided with no table lookup and no
@@ -690,7 +696,7 @@ static __always_inline int leaf_first_says_no_rule(struct va_header *h, struct f
 	__u8 b;
 	if (!len || name_byte(file->f_path.dentry, len - 1, &b))
 		return 0;
-	return !((h->leaf_first[(b >> 6) & 3] >> (b & 63)) & 1);
+	return !byte_bit(h->leaf_first, b);
 }
 
 /* The leaf filter (struct va_header): walks the last component of the opened file backwards,
@@ -814,7 +820,7 @@ static __always_inline int top_first_says_no_rule(struct va_header *h, struct to
 			return 0;
 	}
 	__u32 k = kind == VA_KIND_EXEC ? 1 : 0;
-	return !((h->top_first[k][(b >> 6) & 3] >> (b & 63)) & 1);
+	return !byte_bit(h->top_first[k], b);
 }
 
 /* The top filter's walk of "/<component>/" through the path automaton: 1 when every walk of

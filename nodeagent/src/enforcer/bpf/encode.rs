@@ -665,17 +665,22 @@ fn leaf_filter(p: &BpfProfile, blob: &mut Blob) -> (AutomatonHeader, [u64; 4]) {
     if !can_stop {
         return none;
     }
-    let mut first = [0u64; 4];
-    for b in 0..=255u8 {
+    let first = byte_bits(|b| {
         let cls = a.byte_classes[b as usize] as usize;
-        let live = a.starts.iter().any(|&s| {
+        a.starts.iter().any(|&s| {
             reach[s as usize] != 0 && reach[a.transitions[s as usize * classes + cls] as usize] != 0
-        });
-        if live {
-            first[b as usize / 64] |= 1 << (b % 64);
-        }
-    }
+        })
+    });
     (encode_automaton(&a, |_| FILE_BIT, &[], blob), first)
+}
+
+/// A 256-bit bitmap of the bytes for which `f` holds (bit `b % 64` of word `b / 64`).
+fn byte_bits(f: impl Fn(u8) -> bool) -> [u64; 4] {
+    let mut bits = [0u64; 4];
+    for b in (0..=255u8).filter(|&b| f(b)) {
+        bits[b as usize / 64] |= 1 << (b % 64);
+    }
+    bits
 }
 
 /// The socket rules (records of 8 words, strongest action first) as a decision table: for every
@@ -785,19 +790,14 @@ fn top_first(a: &Automaton, row_bits: impl Fn(usize) -> u8, bit: u8) -> [u64; 4]
     let classes = a.class_count as usize;
     let next =
         |s: usize, b: u8| a.transitions[s * classes + a.byte_classes[b as usize] as usize] as usize;
-    let mut first = [0u64; 4];
-    for b in 0..=255u8 {
-        let alive = b == 0
+    byte_bits(|b| {
+        b == 0
             || b == b'/'
             || a.starts.iter().any(|&s| {
                 let s = s as usize;
                 live(s) && live(next(next(s, b'/'), b))
-            });
-        if alive {
-            first[b as usize / 64] |= 1 << (b % 64);
-        }
-    }
-    first
+            })
+    })
 }
 
 /// For every state, the kinds of verdict reachable from it (itself included), where

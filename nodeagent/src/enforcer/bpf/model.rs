@@ -115,12 +115,7 @@ impl<'a> Model<'a> {
     /// The top filter's first step (`header.top_first`): true when `/` and the first byte of
     /// the first component kill every walk of `kind`.
     pub fn top_first_says_no_rule(&self, path: &str, kind: u32) -> bool {
-        let flag = if kind == VA_KIND_EXEC {
-            VA_HF_TOP_FILTER_EXEC
-        } else {
-            VA_HF_TOP_FILTER
-        };
-        if self.h.flags & flag == 0 || self.h.mode != VA_MODE_ENFORCE {
+        if !self.top_filter_on(kind) {
             return false;
         }
         let Some(&b) = path.as_bytes().get(1).filter(|_| path.starts_with('/')) else {
@@ -133,13 +128,18 @@ impl<'a> Model<'a> {
         bits[b as usize / 64] >> (b % 64) & 1 == 0
     }
 
-    fn top_says_no_rule_for(&self, path: &str, kind: u32) -> bool {
+    /// Whether the profile has the top filter for walks of `kind` (`top_filter_on`).
+    fn top_filter_on(&self, kind: u32) -> bool {
         let flag = if kind == VA_KIND_EXEC {
             VA_HF_TOP_FILTER_EXEC
         } else {
             VA_HF_TOP_FILTER
         };
-        if self.h.flags & flag == 0 || self.h.mode != VA_MODE_ENFORCE {
+        self.h.flags & flag != 0 && self.h.mode == VA_MODE_ENFORCE
+    }
+
+    fn top_says_no_rule_for(&self, path: &str, kind: u32) -> bool {
+        if !self.top_filter_on(kind) {
             return false;
         }
         let Some(rest) = path.strip_prefix('/') else {
