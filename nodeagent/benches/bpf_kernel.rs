@@ -899,7 +899,7 @@ fn main() {
         "\nfloor ovh: the empty program's cost as a share of the unconfined operation; when it is \
          within the noise (a few %), \"ovh / floor ovh\" is not meaningful. \"64 ovh / not-confined ovh\": \
          the 64-rule profile's overhead as a multiple of the enforcer's cost for a process outside \
-         any container (one hash lookup). \"1,024 vs 1 (op)\": the operation's cost with each \
+         any container (the namespace index lookup). \"1,024 vs 1 (op)\": the operation's cost with each \
          profile, as the unconfined time plus the program run time (the trampoline is the same \
          for both). \"floor ovh (pairs)\": the median over all rounds of {floor_pair_count} pairs \
          per round of short blocks without and with the empty programs, interleaved. \
