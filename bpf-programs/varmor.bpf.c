@@ -678,6 +678,12 @@ static __always_inline int name_byte(struct dentry *d, __u32 i, __u8 *b)
 	return bpf_probe_read_kernel(b, 1, name + i);
 }
 
+/* Whether the profile has a leaf filter (it is built for enforce mode only). */
+static __always_inline int leaf_filter_on(struct va_header *h)
+{
+	return h && h->mode == VA_MODE_ENFORCE && h->leaf.walk_count;
+}
+
 /* Bit b of a 256-bit byte bitmap (header.leaf_first, header.top_first). */
 static __always_inline int byte_bit(__u64 bits[4], __u8 b)
 {
@@ -690,7 +696,7 @@ static __always_inline int byte_bit(__u64 bits[4], __u8 b)
  * scratch buffer. */
 static __always_inline int leaf_first_says_no_rule(struct va_header *h, struct file *file)
 {
-	if (h->mode != VA_MODE_ENFORCE || !h->leaf.walk_count)
+	if (!leaf_filter_on(h))
 		return 0;
 	__u32 len = leaf_name_len(file);
 	__u8 b;
@@ -706,7 +712,7 @@ static __always_inline int leaf_says_no_rule(struct who *w, struct va_scratch *s
 					     struct file *file)
 {
 	struct va_header *h = w->h;
-	if (!h || h->mode != VA_MODE_ENFORCE || !h->leaf.walk_count)
+	if (!leaf_filter_on(h))
 		return 0;
 	__u32 len = leaf_name_len(file);
 	if (!len)

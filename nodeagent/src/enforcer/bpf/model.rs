@@ -12,6 +12,11 @@ use varmor_policy::names::{mount, perm, ptrace};
 use super::encode::EncodedProfile;
 use super::layout::*;
 
+/// Bit `b` of a 256-bit byte bitmap (`byte_bit` in the programs).
+fn byte_bit(bits: &[u64; 4], b: u8) -> bool {
+    bits[b as usize / 64] >> (b % 64) & 1 == 1
+}
+
 /// The model of one profile version.
 #[derive(Debug)]
 pub struct Model<'a> {
@@ -69,35 +74,31 @@ impl<'a> Model<'a> {
     /// `file_open`'s leaf filter: the last component walked backwards, then `/`; true when
     /// every walk is dead (no file rule can match). The root has no leaf: never filtered.
     pub fn leaf_says_no_rule(&self, path: &str) -> bool {
-        let a = &self.h.leaf;
-        if a.walk_count == 0 {
-            return false;
-        }
-        let Some(cut) = path.rfind('/') else {
+        let Some(leaf) = self.leaf_of(path) else {
             return false;
         };
-        let leaf = &path.as_bytes()[cut + 1..];
-        if leaf.is_empty() || leaf.len() > 255 {
-            return false;
-        }
         let input: Vec<u8> = leaf.iter().rev().copied().chain([b'/']).collect();
-        self.walk(a, VA_KIND_FILE as usize, &input).is_empty()
+        self.walk(&self.h.leaf, VA_KIND_FILE as usize, &input)
+            .is_empty()
+    }
+
+    /// The last component of `path` when the leaf filter applies to it (the profile has one;
+    /// the name is 1 to 255 bytes), as `leaf_name_len` decides in the programs.
+    fn leaf_of<'p>(&self, path: &'p str) -> Option<&'p [u8]> {
+        if self.h.leaf.walk_count == 0 || self.h.mode != VA_MODE_ENFORCE {
+            return None;
+        }
+        let leaf = &path.as_bytes()[path.rfind('/')? + 1..];
+        (1..=255).contains(&leaf.len()).then_some(leaf)
     }
 
     /// `file_open`'s first check, the leaf filter's first step precomputed
     /// (`header.leaf_first`): true when the last byte of the last component kills every walk.
     pub fn leaf_first_says_no_rule(&self, path: &str) -> bool {
-        if self.h.leaf.walk_count == 0 || self.h.mode != VA_MODE_ENFORCE {
-            return false;
+        match self.leaf_of(path).and_then(|leaf| leaf.last()) {
+            Some(&b) => !byte_bit(&self.h.leaf_first, b),
+            None => false,
         }
-        let Some(cut) = path.rfind('/') else {
-            return false;
-        };
-        let leaf = &path.as_bytes()[cut + 1..];
-        let Some(&b) = leaf.last() else {
-            return false;
-        };
-        leaf.len() <= 255 && self.h.leaf_first[b as usize / 64] >> (b % 64) & 1 == 0
     }
 
     /// `file_open`'s top filter: `/<first component>/` walked through the path automaton;
@@ -124,8 +125,7 @@ impl<'a> Model<'a> {
         if b == b'/' {
             return false;
         }
-        let bits = &self.h.top_first[usize::from(kind == VA_KIND_EXEC)];
-        bits[b as usize / 64] >> (b % 64) & 1 == 0
+        !byte_bit(&self.h.top_first[usize::from(kind == VA_KIND_EXEC)], b)
     }
 
     /// Whether the profile has the top filter for walks of `kind` (`top_filter_on`).
